@@ -1,0 +1,150 @@
+"""Loss modules: thin wrappers over :mod:`landmark_graph.functional` holding the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from torch import Tensor, nn
+
+from . import functional as LF
+from .adjacency import check_adjacency
+
+__all__ = ["RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in LF.REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LF.REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+class SoftWingLoss(nn.Module):
+    r"""Soft Wing loss (eq. 9); see :func:`~landmark_graph.functional.soft_wing_loss`.
+
+    .. math::
+        \mathrm{SoftWing}(x) =
+        \begin{cases} |x| & |x| < \omega_1 \\
+        \omega_2 \ln(1 + |x|/\epsilon) + \omega_1 - \omega_2 \ln(1 + \omega_1/\epsilon)
+        & \text{otherwise}\end{cases}
+
+    Shape:
+        - ``pred``, ``target``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or ``None``.
+        - Output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> loss = SoftWingLoss()
+        >>> loss(torch.full((1, 2, 2), 3.0), torch.zeros(1, 2, 2)).item() > 3.0
+        True
+    """
+
+    def __init__(
+        self, omega1: float = 2.0, omega2: float = 20.0, epsilon: float = 0.5, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        LF._check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
+        self.omega1, self.omega2, self.epsilon = omega1, omega2, epsilon
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return LF.soft_wing_loss(
+            pred, target, mask, omega1=self.omega1, omega2=self.omega2, epsilon=self.epsilon,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"omega1={self.omega1}, omega2={self.omega2}, epsilon={self.epsilon}, "
+                f"reduction={self.reduction!r}")
+
+
+class WingLoss(nn.Module):
+    r"""Wing loss (eq. 11); see :func:`~landmark_graph.functional.wing_loss`.
+
+    .. math::
+        \mathrm{Wing}(x) =
+        \begin{cases} \omega \ln(1 + |x|/\epsilon) & |x| < \omega \\
+        |x| - \omega + \omega \ln(1 + \omega/\epsilon) & \text{otherwise}\end{cases}
+
+    Defaults :math:`\omega = 10, \epsilon = 2` are those of Feng et al.
+
+    Shape:
+        - ``pred``, ``target``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or ``None``.
+        - Output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> WingLoss(reduction="sum")(torch.ones(1, 1, 2), torch.zeros(1, 1, 2)).item() > 0
+        True
+    """
+
+    def __init__(self, omega: float = 10.0, epsilon: float = 2.0, reduction: str = "mean") -> None:
+        super().__init__()
+        LF._check_positive(omega=omega, epsilon=epsilon)
+        self.omega, self.epsilon = omega, epsilon
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return LF.wing_loss(
+            pred, target, mask, omega=self.omega, epsilon=self.epsilon, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"omega={self.omega}, epsilon={self.epsilon}, reduction={self.reduction!r}"
+
+
+class RelativeLocationLoss(nn.Module):
+    r"""Relative location loss (eq. 6-8) over a neighbourhood.
+
+    .. math::
+        \mathcal L_{\text{rel}} = \ell(L\hat P - LP), \qquad
+        L_{ii} = 1,\ L_{ij} = -\tfrac{1}{|\mathcal N_i|}\ (j \in \mathcal N_i)
+
+    with the uniform Laplacian over each node's neighbours, self loop excluded.
+    The paper's total loss is ``SoftWingLoss()(p, t) + lam * RelativeLocationLoss(adj)(p, t)``
+    with ``lam = 1``.
+
+    Args:
+        adjacency: ``BoolTensor[N, N]`` neighbourhood (for example ``head.adjacency``).
+        criterion: elementwise loss ``(pred, target) -> Tensor[B, N, 2]``, for example
+            ``WingLoss(reduction="none")``; default Soft Wing.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        - ``pred``, ``target``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or ``None``.
+        - Output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from landmark_graph import index_order_adjacency
+        >>> loss = RelativeLocationLoss(index_order_adjacency(5, k=2))
+        >>> p = torch.rand(2, 5, 2)
+        >>> loss(p + 1.0, p).item()  # translation does not change relative locations
+        0.0
+    """
+
+    laplacian: Tensor
+
+    def __init__(
+        self,
+        adjacency: Tensor | np.ndarray,
+        criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if getattr(criterion, "reduction", "none") != "none":
+            raise ValueError(
+                "criterion must return an elementwise loss: build it with reduction='none', "
+                f"got reduction={criterion.reduction!r}"
+            )
+        self.criterion = criterion
+        self.reduction = _check_reduction(reduction)
+        self.register_buffer("laplacian", LF.laplacian_matrix(check_adjacency(adjacency)))
+
+    def forward(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return LF.relative_location_loss(
+            pred, target, self.laplacian, mask, criterion=self.criterion, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_landmarks={self.laplacian.shape[0]}, reduction={self.reduction!r}"
