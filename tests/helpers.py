@@ -1,0 +1,21 @@
+"""Shared test helpers: per-dtype tolerances in one place (kornia style)."""
+
+from __future__ import annotations
+
+import torch
+
+# Tolerances for comparing two computations of the same quantity in a given dtype.
+TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float64: {"atol": 1e-10, "rtol": 1e-8},
+    torch.float32: {"atol": 1e-5, "rtol": 1e-4},
+    torch.bfloat16: {"atol": 5e-2, "rtol": 5e-2},
+    torch.float16: {"atol": 5e-3, "rtol": 5e-3},
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    tol = TOLERANCES[dtype or actual.dtype]
+    torch.testing.assert_close(actual, expected.to(actual.dtype), **tol)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
