@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["build_correlation_adjacency", "check_adjacency", "index_order_adjacency"]
+__all__ = ["as_square_mask", "build_correlation_adjacency", "check_adjacency", "index_order_adjacency"]
 
 
 def _top_k_with_self(scores: np.ndarray, k: int) -> np.ndarray:
@@ -62,6 +62,8 @@ def build_correlation_adjacency(
         (torch.Size([5, 5]), [3, 3, 3, 3, 3])
     """
     if isinstance(landmarks, Tensor):
+        if landmarks.is_complex() or landmarks.dtype == torch.bool:
+            raise TypeError(f"landmarks must hold real numbers, got dtype {landmarks.dtype}")
         data = landmarks.detach().to("cpu", torch.float64).numpy()
     elif isinstance(landmarks, np.ndarray):
         if not np.issubdtype(landmarks.dtype, np.number) or np.iscomplexobj(landmarks):
@@ -90,7 +92,8 @@ def build_correlation_adjacency(
             "correlation is undefined; remove it or add shapes where it moves"
         )
     z = centred / std  # standardised coordinates, (M, N, 2)
-    corr = np.einsum("mia,mja->aij", z, z) / m  # (2, N, N) Pearson correlations
+    zt = z.transpose(2, 1, 0)  # (2, N, M)
+    corr = zt @ zt.transpose(0, 2, 1) / m  # (2, N, N) Pearson correlations, one matmul per axis
     scores = 0.5 * np.abs(corr).sum(axis=0)
     mask = _top_k_with_self(scores, k)
     if symmetric:
@@ -125,12 +128,10 @@ def _check_k(k: int, n: int) -> None:
         raise ValueError(f"k must be an int with 1 <= k < N={n}, got {k!r}")
 
 
-def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
-    """Validate a neighbourhood mask and return it as a CPU ``BoolTensor[N, N]``.
+def as_square_mask(adjacency: object, name: str = "adjacency") -> Tensor:
+    """A bool, integer or floating tensor or array ``(N, N)`` -> ``BoolTensor[N, N]`` of its nonzeros.
 
-    Accepts a bool, integer or floating tensor or array whose nonzeros are the edges. A row with
-    no edge at all is an error; self loops are added where missing, since every formula of the
-    paper keeps them.
+    Keeps the device; raises on another type or shape, ``N = 0``, NaN or inf.
     """
     if isinstance(adjacency, np.ndarray):
         adjacency = torch.from_numpy(adjacency)
@@ -140,9 +141,20 @@ def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
         raise ValueError(f"{name} must be a square (N, N) mask, got shape {tuple(adjacency.shape)}")
     if adjacency.shape[0] < 1:
         raise ValueError(f"{name} must have at least one node, got shape {tuple(adjacency.shape)}")
+    if adjacency.is_complex():
+        raise TypeError(f"{name} must be bool or real, got dtype {adjacency.dtype}")
     if adjacency.is_floating_point() and not bool(torch.isfinite(adjacency).all()):
         raise ValueError(f"{name} must be finite, got NaN or inf")
-    mask = adjacency.detach().to("cpu") != 0
+    return adjacency.detach() != 0
+
+
+def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
+    """Validate a neighbourhood mask and return it as a CPU ``BoolTensor[N, N]``.
+
+    Accepts what :func:`as_square_mask` does. A row with no edge at all is an error; self loops
+    are added where missing, since every formula of the paper keeps them.
+    """
+    mask = as_square_mask(adjacency, name).cpu()
     empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"{name} has empty rows {empty[:10]}: every node needs at least one edge")
