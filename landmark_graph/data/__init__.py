@@ -12,6 +12,7 @@ from .readers import (
     read_wflw,
 )
 from .sampler import PoseBalancedSampler, pose_bins, procrustes_align
+from .synthetic import SyntheticFaces
 from .transforms import (
     Augmentation,
     LandmarkTransform,
@@ -28,6 +29,7 @@ __all__ = [
     "LandmarkDataset",
     "LandmarkTransform",
     "PoseBalancedSampler",
+    "SyntheticFaces",
     "augment_matrix",
     "crop_matrix",
     "load_image",

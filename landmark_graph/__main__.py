@@ -1,0 +1,8 @@
+"""``python -m landmark_graph``: the ``landmark-graph`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Backbones by name: images ``(B, 3, H, W)`` to a feature map ``(B, C, h, w)`` for a landmark head.
+
+A registry maps a name to a builder ``(pretrained) -> (module, channels)``:
+
+- ``"small"``: a tiny built-in CNN, fast enough to train on CPU in the demo;
+- ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"mobilenet_v2"``, ``"efficientnet_b0"``:
+  torchvision models without their pooling and classifier (torchvision needed);
+- ``"timm:<name>"``: any timm model that supports ``features_only`` (timm needed); its last
+  feature map is used.
+
+Register more with :func:`register_backbone`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+__all__ = ["BACKBONES", "SmallCNN", "available_backbones", "build_backbone", "register_backbone"]
+
+Builder = Callable[[bool], tuple[nn.Module, int]]
+BACKBONES: dict[str, Builder] = {}
+
+
+def register_backbone(name: str, builder: Builder, *, overwrite: bool = False) -> None:
+    """Add ``builder(pretrained) -> (module, channels)`` under ``name``."""
+    if name in BACKBONES and not overwrite:
+        raise ValueError(f"backbone {name!r} is already registered; pass overwrite=True to replace it")
+    BACKBONES[name] = builder
+
+
+def _optional(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"this backbone needs {module}, which is not installed: pip install 'landmark-graph[{extra}]'"
+        ) from error
+
+
+class SmallCNN(nn.Sequential):
+    r"""A plain CNN: ``depth`` blocks of conv3x3(stride 2)-BN-ReLU, widths doubling from ``width``.
+
+    Shape:
+        - Input: ``Tensor[B, 3, H, W]``.
+        - Output: ``Tensor[B, width * 2^(depth-1), H / 2^depth, W / 2^depth]``.
+
+    Example:
+        >>> import torch
+        >>> SmallCNN(width=8, depth=3)(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 32, 8, 8])
+    """
+
+    def __init__(self, width: int = 32, depth: int = 4) -> None:
+        if not isinstance(width, int) or width < 1 or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"width and depth must be positive ints, got width={width!r}, depth={depth!r}")
+        layers: list[nn.Module] = []
+        channels = 3
+        for level in range(depth):
+            out = width * 2**level
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+        super().__init__(*layers)
+        self.out_channels = channels
+
+
+def _torchvision(name: str, trunk: Callable[[nn.Module], nn.Module], channels: int) -> Builder:
+    def build(pretrained: bool) -> tuple[nn.Module, int]:
+        models = _optional("torchvision.models", "vision")
+        model = models.get_model(name, weights="DEFAULT" if pretrained else None)
+        return trunk(model), channels
+
+    return build
+
+
+def _resnet_trunk(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+
+
+def _features_trunk(model: nn.Module) -> nn.Module:
+    return model.features
+
+
+class _LastFeatureMap(nn.Module):
+    """Wraps a timm ``features_only`` model to return its last feature map only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)[-1]
+
+
+def _timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+    timm = _optional("timm", "timm")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, features_only=True)
+    except RuntimeError as error:  # timm raises RuntimeError for unknown names
+        raise ValueError(f"timm cannot build a features_only model {name!r}: {error}") from error
+    return _LastFeatureMap(model), int(model.feature_info.channels()[-1])
+
+
+register_backbone("small", lambda pretrained: (module := SmallCNN(), module.out_channels))
+for _name, _channels in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)):
+    register_backbone(_name, _torchvision(_name, _resnet_trunk, _channels))
+register_backbone("mobilenet_v2", _torchvision("mobilenet_v2", _features_trunk, 1280))
+register_backbone("efficientnet_b0", _torchvision("efficientnet_b0", _features_trunk, 1280))
+
+
+def available_backbones() -> list[str]:
+    """Registered names (``"timm:<name>"`` is accepted on top of these)."""
+    return sorted(BACKBONES)
+
+
+def build_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]:
+    """``(module, channels)`` for a backbone name; see the module docstring for the names.
+
+    Raises:
+        ValueError: unknown name.
+        ImportError: the backbone's library (torchvision, timm) is not installed.
+
+    Example:
+        >>> import torch
+        >>> net, channels = build_backbone("small")
+        >>> net(torch.randn(1, 3, 64, 64)).shape[1] == channels
+        True
+    """
+    if isinstance(name, str) and name.startswith("timm:"):
+        return _timm(name[len("timm:"):], pretrained)
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {available_backbones()} or 'timm:<name>', got {name!r}")
+    if pretrained and name == "small":
+        raise ValueError("backbone 'small' has no pretrained weights; drop pretrained")
+    return BACKBONES[name](pretrained)

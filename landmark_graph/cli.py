@@ -1,0 +1,399 @@
+"""The ``landmark-graph`` command (also ``python -m landmark_graph``).
+
+Subcommands live in :data:`SUBCOMMANDS`, ``name -> (add_arguments, run)``: ``add_arguments``
+fills an ``argparse`` parser, ``run(args) -> exit code`` does the work (its docstring's first
+line is the help). Another module adds one with :func:`register_subcommand`.
+
+User errors (a bad option, a missing file, a checkpoint from another configuration, a missing
+optional dependency) print one line on stderr and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .export import add_export_arguments, run_export_command
+
+__all__ = ["SUBCOMMANDS", "UsageError", "main", "register_subcommand"]
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {}
+
+
+class UsageError(Exception):
+    """A user error: reported as one line on stderr, exit code 2."""
+
+
+def register_subcommand(name: str, add_arguments: AddArguments, run: Run) -> None:
+    """Add ``landmark-graph NAME``; ``run.__doc__``'s first line is its help."""
+    if name in SUBCOMMANDS:
+        raise ValueError(f"subcommand {name!r} is already registered")
+    SUBCOMMANDS[name] = (add_arguments, run)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage too: keep it to one line
+        command = self.prog.removeprefix("landmark-graph").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+# ---------------------------------------------------------------------------------------------
+# train: options generated from TrainConfig's fields.
+
+_HELP = {
+    "dataset": "synthetic, or a real set read from --data-root",
+    "data_root": "folder of the real data set (see docs/cli.md for the layouts)",
+    "scheme": "landmark scheme (default: the data set's)",
+    "train_size": "synthetic training images",
+    "test_size": "synthetic images per test set (clean, occluded)",
+    "occlusion": "share of occluded synthetic training images",
+    "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
+    "relative_weight": "lambda of the relative location loss (0: off; the paper uses 1)",
+    "steps_per_epoch": "optimisation steps per epoch (default: one pass over the training set)",
+    "batch_size": "images per step and process",
+    "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go",
+    "resume": "checkpoint to continue from",
+    "sync_bn": "SyncBatchNorm across processes (under torchrun)",
+}
+_OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out_dir": str, "resume": str}
+
+
+def _config_choices() -> dict[str, list[str]]:
+    from . import training
+
+    return {"dataset": sorted(training.DATASETS), "head": sorted(training.HEADS),
+            "loss": sorted(training.LOSSES), "optimizer": sorted(training.OPTIMIZERS),
+            "schedule": sorted(training.SCHEDULES), "adjacency": sorted(training.ADJACENCIES),
+            "edge_weights": ["dynamic", "static", "binary"], "scheme": ["wflw98", "300w68", "cofw29"]}
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    from .training import TrainConfig
+
+    choices = _config_choices()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "progress":
+            parser.add_argument("--no-progress", dest="progress", action="store_false",
+                                help="no progress bar")
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
+        else:
+            kind = _OPTIONAL_TYPES.get(f.name, type(f.default))
+            help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
+                                help=help_text.strip())
+
+
+def _config_from_args(args: argparse.Namespace, **overrides):
+    from .training import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names} | overrides)
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_arguments(parser)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _print_metrics(metrics: dict[str, dict]) -> None:
+    for name, m in metrics.items():
+        print(f"{name:>10}: NME {m['nme']:.4f}  FR@0.1 {m['fr']:.2%}  AUC@0.1 {m['auc']:.4f}"
+              f"  (n={m['count']})")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    """Train a landmark model (any backbone and head) on synthetic or real faces."""
+    from .training import train
+
+    _set_threads(args.threads)
+    config = _config_from_args(args)
+    result = train(config, log=print)
+    if result["checkpoint"]:
+        print(f"checkpoint: {result['checkpoint']}")
+    _print_metrics(result["metrics"])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate and predict.
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint written by train (last.pt or best.pt)")
+    parser.add_argument("--dataset", help="evaluate on another data set than the training one")
+    parser.add_argument("--data-root", help="folder of the real data set")
+    parser.add_argument("--test-size", type=int, help="synthetic test images per set")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint: NME, FR and AUC on the test set(s) of its (or another) data set."""
+    from .training import DATASETS, CheckpointError, _loader, evaluate, model_from_checkpoint
+
+    device = _device(args.device)
+    model, saved = model_from_checkpoint(args.checkpoint, device)
+    changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root),
+                                 ("test_size", args.test_size), ("batch_size", args.batch_size)) if v}
+    if args.dataset and args.dataset not in DATASETS:
+        raise UsageError(f"--dataset must be one of {sorted(DATASETS)}, got {args.dataset!r}")
+    config = dataclasses.replace(saved, **changes)
+    # Synthetic faces come in any scheme; a real data set has its own.
+    wanted = saved.scheme_name if config.dataset == "synthetic" else DATASETS[config.dataset].scheme
+    if wanted != saved.scheme_name:
+        raise CheckpointError(f"checkpoint {args.checkpoint!r} predicts scheme {saved.scheme_name!r}; "
+                              f"data set {config.dataset!r} uses {wanted!r}")
+    _, test_sets = DATASETS[config.dataset].build(config)
+    metrics = {name: evaluate(model, _loader(ds, config), saved.scheme_name, device)
+               for name, ds in test_sets.items()}
+    _print_metrics(metrics)
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint written by train")
+    parser.add_argument("images", nargs="+", help="face images (each is taken as the face crop)")
+    parser.add_argument("--output", help="write the landmarks as JSON here (default: print them)")
+    parser.add_argument("--draw", metavar="DIR", help="save each image with its landmarks drawn in DIR")
+    parser.add_argument("--device", default="auto")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    """Predict landmarks on image files; print or save them as JSON and draw them."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from .data import load_image
+    from .training import model_from_checkpoint
+
+    device = _device(args.device)
+    model, config = model_from_checkpoint(args.checkpoint, device)
+    results, drawn = {}, []
+    for path in args.images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image {path!r} does not exist")
+        image = load_image(path)
+        height, width = image.shape[:2]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+        size = config.image_size
+        resized = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            points = model(resized.to(device))[0].cpu()
+        # Crop pixels (centres at integers) back to image pixels.
+        scale = torch.tensor([width / size, height / size])
+        points = (points + 0.5) * scale - 0.5
+        results[str(path)] = points.tolist()
+        drawn.append((image, points.numpy(), Path(path).stem))
+    text = json.dumps({"scheme": config.scheme_name, "landmarks": results}, indent=1)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    if args.draw:
+        plt = _pyplot()
+        if plt is not None:
+            out = Path(args.draw)
+            out.mkdir(parents=True, exist_ok=True)
+            for image, points, stem in drawn:
+                fig, ax = plt.subplots(figsize=(4, 4))
+                ax.imshow(image)
+                ax.scatter(points[:, 0], points[:, 1], s=6, c="lime")
+                ax.axis("off")
+                fig.savefig(out / f"{stem}_landmarks.png", dpi=100, bbox_inches="tight")
+                plt.close(fig)
+            print(f"drawings in {out}", file=sys.stderr)
+    return 0
+
+
+def _pyplot():
+    """matplotlib's pyplot with a file backend, or ``None`` (with a message) when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the PNGs (pip install 'landmark-graph[viz]')",
+              file=sys.stderr)
+        return None
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------
+# demo.
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=600, help="training steps per model (default: 600)")
+    parser.add_argument("--out", default="landmark-graph-demo", help="folder for the PNGs and results.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default: 1; the demo's layers are too small to gain much "
+                             "from more, and a shared machine slows down badly with them)")
+    parser.add_argument("--scheme", default="wflw98", choices=["wflw98", "300w68", "cofw29"])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=3000)
+    parser.add_argument("--test-size", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+
+
+def demo_config(args: argparse.Namespace, head: str):
+    """The demo's training run for one head: a small CNN, Soft Wing, Adam with a cosine schedule."""
+    from .training import TrainConfig
+
+    return TrainConfig(
+        scheme=args.scheme, image_size=args.image_size, train_size=args.train_size,
+        test_size=args.test_size, backbone="small", backbone_width=24, head=head,
+        hidden_features=64, num_blocks=2, head_channels=128, loss="softwing", lr=2e-3,
+        epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, seed=args.seed,
+        eval_every=1, progress=True,
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    """Train a small CNN with LGRLHead and with FCHead on synthetic faces; compare them."""
+    from .training import DATASETS, CachedDataset, train
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    _set_threads(args.threads)
+    started = time.perf_counter()
+    configs = {head: demo_config(args, head) for head in ("lgrl", "fc")}
+    train_set, test_sets = DATASETS["synthetic"].build(configs["lgrl"])
+    train_set = CachedDataset(train_set, progress=True, description="render train")
+    test_sets = {name: CachedDataset(ds, progress=True, description=f"render {name}")
+                 for name, ds in test_sets.items()}
+    print(f"rendered {len(train_set)} training and {sum(map(len, test_sets.values()))} test faces "
+          f"({args.image_size}x{args.image_size}) in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    results = {head: train(config, train_set=train_set, test_sets=test_sets)
+               for head, config in configs.items()}
+    print(_demo_table(results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {head: {"metrics": r["metrics"], "seconds": r["seconds"]} for head, r in results.items()}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    if not args.no_plots and (plt := _pyplot()) is not None:
+        _plot_predictions(plt, results, test_sets, out / "predictions.png")
+        _plot_adjacency(plt, results["lgrl"]["model"], test_sets["occluded"], out / "adjacency.png")
+        print(f"wrote {out / 'predictions.png'} and {out / 'adjacency.png'}")
+    print(f"total {time.perf_counter() - started:.0f}s; results in {out / 'results.json'}")
+    return 0
+
+
+def _demo_table(results: dict) -> str:
+    sets = list(next(iter(results.values()))["metrics"])
+    head_row = f"{'':8}" + "".join(f"{name:^30}" for name in sets)
+    sub_row = f"{'head':8}" + "".join(f"{'NME':>10}{'FR@0.1':>10}{'AUC@0.1':>10}" for _ in sets)
+    rows = [head_row, sub_row]
+    for head, r in results.items():
+        cells = "".join(f"{m['nme']:>10.4f}{m['fr']:>10.2%}{m['auc']:>10.4f}" for m in r["metrics"].values())
+        rows.append(f"{head.upper():8}{cells}")
+    return "\n".join(rows)
+
+
+@torch.no_grad()
+def _plot_predictions(plt, results: dict, test_sets: dict, path: Path, per_set: int = 4) -> None:
+    colours = {"lgrl": "lime", "fc": "red"}
+    fig, axes = plt.subplots(len(test_sets), per_set, figsize=(2.6 * per_set, 2.8 * len(test_sets)),
+                             squeeze=False)
+    for row, (name, ds) in enumerate(test_sets.items()):
+        batch = ds[list(range(per_set))]
+        for head, r in results.items():
+            pred = r["model"].eval()(batch["image"])
+            for col in range(per_set):
+                axes[row, col].scatter(pred[col, :, 0], pred[col, :, 1], s=3, c=colours.get(head), label=head)
+        for col in range(per_set):
+            ax = axes[row, col]
+            ax.imshow(batch["image"][col].permute(1, 2, 0).numpy(), zorder=0)
+            truth = batch["landmarks"][col]
+            ax.scatter(truth[:, 0], truth[:, 1], s=2, c="white", label="truth")
+            ax.set_title(f"{name} #{col}", fontsize=8)
+            ax.axis("off")
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def _plot_adjacency(plt, model, test_set, path: Path, count: int = 64) -> None:
+    head = model.eval().head
+    images = test_set[list(range(min(count, len(test_set))))]["image"]
+    weights = head.dense_edge_weights(model.backbone(images)).mean(0)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    axes[0].imshow(head.adjacency.cpu().numpy(), cmap="Greys")
+    axes[0].set_title("neighbourhood (correlation, eq. 1-2)")
+    shown = axes[1].imshow(weights.cpu().numpy(), cmap="viridis")
+    axes[1].set_title("learned edge weights, mean over occluded test images")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.set_xlabel("sender")
+        ax.set_ylabel("receiver")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+register_subcommand("demo", _demo_arguments, _run_demo)
+register_subcommand("train", _train_arguments, _run_train)
+register_subcommand("evaluate", _evaluate_arguments, _run_evaluate)
+register_subcommand("predict", _predict_arguments, _run_predict)
+register_subcommand("export", add_export_arguments, run_export_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="landmark-graph", description="Structure-coherent face alignment: train, "
+                     "evaluate and run landmark-graph models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+    for name, (add_arguments, run) in SUBCOMMANDS.items():
+        summary = (run.__doc__ or "").strip().splitlines()
+        sub = commands.add_parser(name, help=summary[0] if summary else None)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``landmark-graph``; returns the exit code."""
+    from .data import AnnotationError
+    from .training import CheckpointError
+
+    user_errors = (UsageError, ValueError, FileNotFoundError, ImportError, CheckpointError, AnnotationError)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except user_errors as error:
+        message = " ".join(str(error).split())
+        print(f"landmark-graph: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

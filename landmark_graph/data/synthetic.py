@@ -1,0 +1,667 @@
+"""Procedural face-like images with exact landmarks, generated on the fly (no files).
+
+Each sample is drawn from a scheme's template (:func:`landmark_graph.schemes.get_scheme`):
+a random identity (part sizes and offsets, face aspect), an expression (mouth opening, raised
+brows), a pose (in-plane rotation, yaw-like foreshortening, scale, translation), an appearance
+(skin tone, feature colours, textured background, illumination gradient, blur, noise) and
+opaque occluders (bars, blobs, textured patches) drawn *over* the face, so that an occluded
+landmark cannot be read off the pixels: it has to be inferred from the visible ones.
+
+Sampling is split into three independent random streams, seeded by ``(seed, index, stream)``:
+geometry, appearance and occluders. A sample is therefore a pure function of
+``(scheme, seed, index, config)``.
+
+Rasterisation is vectorised numpy, batched over the shapes of a face: polygons by a signed
+scanline fill with horizontal anti-aliasing, strokes by splatting discs along the line, textures
+and blur by small matrix products. Items have the keys of
+:class:`~landmark_graph.data.LandmarkDataset` plus ``"occluded"``/``"visible"``, so the two mix
+in the same training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..schemes import LandmarkScheme, get_scheme
+
+__all__ = [
+    "Appearance",
+    "FaceGeometry",
+    "Occluder",
+    "SyntheticConfig",
+    "SyntheticFaces",
+    "draw_face",
+    "sample_appearance",
+    "sample_geometry",
+    "sample_occluders",
+    "synthesize_face",
+]
+
+_GEOMETRY, _APPEARANCE, _OCCLUDERS = 0, 1, 2
+_OCCLUDER_KINDS = ("bar", "blob", "patch")
+_CLOSED_PARTS = ("left_brow", "right_brow", "left_eye", "right_eye", "outer_mouth", "inner_mouth")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Ranges of the random factors; every range is sampled uniformly.
+
+    Args:
+        rotation: maximum in-plane rotation, degrees.
+        yaw: maximum yaw-like foreshortening angle, degrees.
+        scale: face size (template extent) as a fraction of the image side, ``(low, high)``.
+        translation: maximum shift of the face centre, fraction of the image side.
+        identity: strength of the per-part shape changes (0 = the template).
+        expression: strength of mouth opening and brow raising (0 = neutral).
+        occlusion: probability that an image has occluders.
+        max_occluders: occluders per occluded image, 1 to this many.
+        occluder_size: occluder size as a fraction of the face size, ``(low, high)``.
+        blur: maximum Gaussian blur sigma, pixels at 128x128 (scaled with the image size).
+        noise: maximum standard deviation of the additive pixel noise (images in ``[0, 1]``).
+    """
+
+    rotation: float = 25.0
+    yaw: float = 35.0
+    scale: tuple[float, float] = (0.55, 0.72)
+    translation: float = 0.06
+    identity: float = 1.0
+    expression: float = 1.0
+    occlusion: float = 0.5
+    max_occluders: int = 2
+    occluder_size: tuple[float, float] = (0.18, 0.4)
+    blur: float = 1.0
+    noise: float = 0.04
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "yaw", "translation", "identity", "expression", "blur", "noise"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.occlusion <= 1.0:
+            raise ValueError(f"occlusion must be a probability in [0, 1], got {self.occlusion!r}")
+        if not isinstance(self.max_occluders, int) or self.max_occluders < 1:
+            raise ValueError(f"max_occluders must be an int >= 1, got {self.max_occluders!r}")
+        for name in ("scale", "occluder_size"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be a range (low, high), 0 < low <= high, got {(low, high)}")
+
+
+@dataclass
+class FaceGeometry:
+    """Landmarks and the face outline of one sample, in pixels (x right, y down).
+
+    Attributes:
+        landmarks: ``float32[N, 2]`` in the scheme's ordering.
+        outline: ``float32[P, 2]`` closed polygon of the face region.
+        parts: the scheme's part groups (indices into ``landmarks``).
+        face_size: the face's extent in pixels, the unit for feature and occluder sizes.
+    """
+
+    landmarks: np.ndarray
+    outline: np.ndarray
+    parts: dict[str, tuple[int, ...]]
+    face_size: float
+
+
+@dataclass
+class Appearance:
+    """Colours (RGB in ``[0, 1]``) and photometric factors of one sample."""
+
+    skin: np.ndarray
+    brow: np.ndarray
+    lips: np.ndarray
+    iris: np.ndarray
+    sclera: np.ndarray
+    background: np.ndarray
+    background_texture: float
+    light_direction: float
+    light_strength: float
+    blur: float
+    noise: float
+    texture_seed: int = 0
+
+
+@dataclass
+class Occluder:
+    """An opaque polygon drawn over the face, filled with a colour and optionally a texture."""
+
+    polygon: np.ndarray
+    color: np.ndarray
+    texture: float = 0.0
+    stripes: tuple[float, float] = field(default=(0.0, 0.0))  # (period px, angle); period 0 = none
+
+
+# ---------------------------------------------------------------------------------------------
+# Rasterisation (numpy, one image of side S).
+
+
+def _fill_polygons(polygons: list[np.ndarray], origins: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Coverage ``float32[P, h, w]`` in ``[0, 1]`` of closed polygons (nonzero winding), in one pass.
+
+    Polygon ``p`` is rasterised in the window of ``shape = (h, w)`` pixels whose top-left pixel is
+    ``origins[p] = (x0, y0)``. Pixel centres sit at integer coordinates. Each edge crossing a
+    row's centre adds its signed winding at the crossing, spread over two pixels by the
+    fractional position (horizontal anti-aliasing); a cumulative sum along each row gives the
+    winding number.
+    """
+    height, width = shape
+    lengths = np.array([len(p) for p in polygons])
+    owner = np.repeat(np.arange(len(polygons)), lengths)
+    start = np.concatenate(polygons).astype(np.float64) - origins[owner]
+    last = np.cumsum(lengths) - 1
+    nxt = np.arange(len(start)) + 1
+    nxt[last] = last - lengths + 1  # each polygon closes on itself
+    end = start[nxt]
+    rows = np.arange(height, dtype=np.float64)[:, None]  # (h, 1)
+    row_idx, edge_idx = np.nonzero((start[None, :, 1] <= rows) != (end[None, :, 1] <= rows))
+    a, b = start[edge_idx], end[edge_idx]
+    x = a[:, 0] + (row_idx - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
+    sign = np.where(b[:, 1] > a[:, 1], 1.0, -1.0)
+    # Pixel j is covered by clip(j + 0.5 - x, 0, 1): the step lands on floor(x - 0.5) + 1 and + 2.
+    t = np.clip(x - 0.5, -1.0, float(width))
+    col = np.floor(t)
+    frac = t - col
+    stride = width + 3
+    flat = (owner[edge_idx] * height + row_idx) * stride + col.astype(np.int64)
+    weight = np.concatenate([sign * (1.0 - frac), sign * frac]).astype(np.float32)
+    cells = len(polygons) * height * stride
+    diff = np.bincount(np.concatenate([flat + 1, flat + 2]), weight, minlength=cells)
+    winding = np.cumsum(diff.astype(np.float32).reshape(len(polygons), height, stride), axis=2)
+    return np.minimum(np.abs(winding[:, :, :width]), 1.0)
+
+
+def _strokes(
+    lines: list[tuple[np.ndarray, float, bool]], origins: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Coverage ``float32[L, h, w]`` of polylines ``(points, width in pixels, closed)``, in one pass.
+
+    Windows as in :func:`_fill_polygons`. Each polyline is sampled every half pixel; each sample
+    splats an anti-aliased disc of its line's width on a small stencil, and each pixel keeps the
+    largest splat: ``clip(width / 2 + 0.5 - distance, 0, 1)`` with the distance to the line.
+    """
+    height, width = shape
+    paths = [np.concatenate([p, p[:1]]) if closed else p for p, _, closed in lines]
+    line_of_seg = np.repeat(np.arange(len(lines)), [len(p) - 1 for p in paths])
+    seg = np.concatenate([np.diff(p, axis=0) for p in paths]).astype(np.float32)
+    origin = np.concatenate([p[:-1] for p in paths]).astype(np.float32) - origins[line_of_seg]
+    steps = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) * 2).astype(np.int64), 1)
+    idx = np.repeat(np.arange(len(seg)), steps)
+    t = (np.arange(len(idx)) - np.repeat(np.cumsum(steps) - steps, steps)) / steps[idx]
+    samples = origin[idx] + t[:, None].astype(np.float32) * seg[idx]  # (Q, 2)
+    line = line_of_seg[idx]
+    thickness = np.array([w for _, w, _ in lines], np.float32)[line]
+    radius = math.ceil(thickness.max() / 2 + 0.5)
+    oy, ox = np.divmod(np.arange((2 * radius + 1) ** 2), 2 * radius + 1)
+    base = np.rint(samples).astype(np.int64) - radius
+    px = base[:, None, 0] + ox[None]  # (Q, K)
+    py = base[:, None, 1] + oy[None]
+    dist = np.hypot(px - samples[:, None, 0], py - samples[:, None, 1])
+    cover = np.clip(thickness[:, None] / 2 + 0.5 - dist, 0.0, 1.0)
+    inside = (px >= 0) & (px < width) & (py >= 0) & (py < height) & (cover > 0)
+    flat = (line[:, None] * height + py) * width + px
+    total = np.zeros(len(lines) * height * width, np.float32)
+    np.maximum.at(total, flat[inside], cover[inside])
+    return total.reshape(len(lines), height, width)
+
+
+def _interp_matrix(size: int, cells: int) -> np.ndarray:
+    """``float32[S, cells + 1]`` linear interpolation weights from a coarse grid to ``S`` pixels."""
+    pos = np.linspace(0, cells, size)
+    left = np.minimum(np.floor(pos).astype(int), cells - 1)
+    frac = pos - left
+    m = np.zeros((size, cells + 1), np.float32)
+    m[np.arange(size), left] = 1 - frac
+    m[np.arange(size), left + 1] = frac
+    return m
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1) -> np.ndarray:
+    """Band-limited noise ``float32[C, S, S]``, roughly unit variance: a bilinearly upsampled grid."""
+    m = _interp_matrix(size, cells)
+    grid = rng.standard_normal((channels, cells + 1, cells + 1)).astype(np.float32)
+    return m @ grid @ m.T
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of ``float32[C, S, S]`` as two matrix products (border: renormalised)."""
+    if sigma < 0.3:
+        return image
+    size = image.shape[-1]
+    idx = np.arange(size, dtype=np.float32)
+    k = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / sigma) ** 2)
+    k[k < 1e-4] = 0.0
+    k /= k.sum(1, keepdims=True)
+    return k @ image @ k.T
+
+
+def _blend(canvas: np.ndarray, alpha: np.ndarray, origin: np.ndarray, color: np.ndarray) -> None:
+    """``canvas <- canvas (1 - alpha) + color alpha`` in place, ``alpha`` placed at ``origin = (x0, y0)``.
+
+    ``color`` is RGB ``[3]`` or an image ``[3, S, S]``. The part of the window outside the
+    image is dropped.
+    """
+    size = canvas.shape[-1]
+    x0, y0 = int(origin[0]), int(origin[1])
+    h, w = alpha.shape
+    r0, r1, c0, c1 = max(y0, 0), min(y0 + h, size), max(x0, 0), min(x0 + w, size)
+    if r0 >= r1 or c0 >= c1:
+        return
+    alpha = alpha[r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+    color = np.asarray(color, np.float32)
+    color = color[:, None, None] if color.ndim == 1 else color[:, r0:r1, c0:c1]
+    region = canvas[:, r0:r1, c0:c1]
+    region += alpha[None] * (color - region)
+
+
+def _sort_by_angle(points: np.ndarray) -> np.ndarray:
+    """Order points around their centroid, so any ordering of a closed part draws as a polygon."""
+    d = points - points.mean(0)
+    return points[np.argsort(np.arctan2(d[:, 1], d[:, 0]), kind="stable")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def _normalised_template(scheme: LandmarkScheme) -> np.ndarray:
+    """The scheme's template centred on its bounding box, largest extent 1."""
+    t = np.asarray(scheme.template, np.float64)
+    lo, hi = t.min(0), t.max(0)
+    return (t - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-6)
+
+
+def _outline_in_template(template: np.ndarray, parts: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """Face region in template space: the contour closed by a forehead arc, else an ellipse."""
+    top = template[:, 1].min()
+    if "contour" in parts and len(parts["contour"]) >= 3:
+        contour = template[list(parts["contour"])]
+        left, right = contour[:, 0].min(), contour[:, 0].max()
+        cx, cy = (left + right) / 2, contour[[0, -1], 1].mean()
+        angle = np.linspace(math.pi, 2 * math.pi, 13)[1:-1]
+        height = cy - top + 0.12
+        arc = np.stack([cx + (right - left) / 2 * np.cos(angle), cy + height * np.sin(angle)], 1)
+        return _sort_by_angle(np.concatenate([contour, arc]))
+    lo, hi = template.min(0), template.max(0)
+    angle = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2 * np.array([1.3, 1.35])
+    return centre + radius * np.stack([np.cos(angle), np.sin(angle)], 1)
+
+
+def sample_geometry(
+    scheme: LandmarkScheme, rng: np.random.Generator, image_size: int, config: SyntheticConfig
+) -> FaceGeometry:
+    r"""A random face shape and pose in pixels.
+
+    Identity and expression act in template space; then yaw foreshortening on an ellipsoidal
+    depth :math:`z`, :math:`x' = x\cos\gamma + z\sin\gamma`; then rotation, scale and translation.
+    The face outline undergoes the same transform, so the drawn contour matches the landmarks.
+    """
+    parts = {name: tuple(int(i) for i in idx) for name, idx in scheme.parts.items()}
+    template = _normalised_template(scheme)
+    n = template.shape[0]
+    points = np.concatenate([template, _outline_in_template(template, parts)])
+    s_id, s_ex = config.identity, config.expression
+    # Identity: each part scaled and shifted about its centroid; global aspect ratio.
+    for name, idx in parts.items():
+        if name == "contour" or not idx:
+            continue
+        idx = list(idx)
+        centre = points[idx].mean(0)
+        scale = 1 + s_id * rng.uniform(-0.15, 0.15, 2)
+        shift = s_id * rng.uniform(-0.02, 0.02, 2)
+        points[idx] = centre + shift + (points[idx] - centre) * scale
+    points[:n] += s_id * rng.normal(0, 0.004, (n, 2))
+    points[:, 0] *= 1 + s_id * rng.uniform(-0.1, 0.1)
+    # Expression: open the mouth (lower lip points go down), raise the brows.
+    mouth = [i for name in ("outer_mouth", "inner_mouth") for i in parts.get(name, ())]
+    if mouth:
+        centre_y = points[mouth, 1].mean()
+        lower = [i for i in mouth if points[i, 1] > centre_y]
+        opening = s_ex * rng.uniform(0, 0.1) * (rng.random() < 0.6)
+        points[lower, 1] += opening
+    brows = [i for name in ("left_brow", "right_brow") for i in parts.get(name, ())]
+    points[brows, 1] -= s_ex * rng.uniform(0, 0.04)
+    # Yaw on an ellipsoid; the nose sticks out.
+    lo, hi = points.min(0), points.max(0)
+    half = (hi - lo) / 2
+    rel = (points - (lo + hi) / 2) / half
+    depth = 0.5 * np.sqrt(np.clip(1 - rel[:, 0] ** 2 - 0.5 * rel[:, 1] ** 2, 0, 1)) * half[0]
+    depth[list(parts.get("nose", ()))] += 0.08
+    yaw = math.radians(config.yaw) * rng.uniform(-1, 1)
+    points[:, 0] = points[:, 0] * math.cos(yaw) + depth * math.sin(yaw)
+    # In-plane similarity.
+    angle = math.radians(config.rotation) * rng.uniform(-1, 1)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    face_size = image_size * rng.uniform(*config.scale)
+    centre = image_size * (0.5 + config.translation * rng.uniform(-1, 1, 2)) - 0.5
+    points = centre + face_size * points @ rot.T
+    points = points.astype(np.float32)
+    return FaceGeometry(points[:n], points[n:], parts, float(face_size))
+
+
+def sample_appearance(rng: np.random.Generator, config: SyntheticConfig, image_size: int) -> Appearance:
+    """Random colours and photometric factors."""
+    tone = rng.uniform(0.25, 0.95)
+    skin = np.array([tone, tone * rng.uniform(0.7, 0.85), tone * rng.uniform(0.55, 0.75)])
+    background = rng.uniform(0.05, 0.95, 3)
+    # Keep the face edge visible: push the background away from the skin colour if too close.
+    if np.abs(background - skin).mean() < 0.15:
+        background = np.clip(background + np.where(background > skin, 0.25, -0.25), 0, 1)
+    pixel = image_size / 128
+    return Appearance(
+        skin=skin,
+        brow=rng.uniform(0.02, 0.3) * np.array([1.0, 0.85, 0.7]) * rng.uniform(0.6, 1.0),
+        lips=np.clip(skin * np.array([0.95, 0.55, 0.55]) * rng.uniform(0.7, 1.0), 0, 1),
+        iris=rng.uniform(0.05, 0.45, 3),
+        sclera=np.full(3, rng.uniform(0.75, 1.0)),
+        background=background,
+        background_texture=rng.uniform(0.0, 0.15),
+        light_direction=rng.uniform(0, 2 * math.pi),
+        light_strength=rng.uniform(0.0, 0.45),
+        blur=config.blur * pixel * rng.uniform(0, 1),
+        noise=config.noise * rng.uniform(0, 1),
+        texture_seed=int(rng.integers(2**31)),
+    )
+
+
+def _regular_polygon(centre: np.ndarray, radii: np.ndarray, angle: float, corners: int) -> np.ndarray:
+    """Rotated ellipse sampled at ``corners`` points, or a rectangle when ``corners == 4``."""
+    if corners == 4:
+        unit = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    else:
+        t = np.linspace(0, 2 * math.pi, corners, endpoint=False)
+        unit = np.stack([np.cos(t), np.sin(t)], 1)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return (centre + (unit * radii) @ rot.T).astype(np.float32)
+
+
+def sample_occluders(
+    geometry: FaceGeometry, rng: np.random.Generator, config: SyntheticConfig
+) -> list[Occluder]:
+    """Occluders centred near random landmarks, so that they hide facial features."""
+    if rng.random() >= config.occlusion:
+        return []
+    occluders = []
+    for _ in range(int(rng.integers(1, config.max_occluders + 1))):
+        kind = _OCCLUDER_KINDS[int(rng.integers(len(_OCCLUDER_KINDS)))]
+        centre = geometry.landmarks[int(rng.integers(len(geometry.landmarks)))].astype(np.float64)
+        centre = centre + rng.normal(0, 0.05 * geometry.face_size, 2)
+        size = geometry.face_size * rng.uniform(*config.occluder_size)
+        angle = rng.uniform(0, math.pi)
+        if kind == "bar":
+            polygon = _regular_polygon(centre, np.array([1.2 * geometry.face_size, size / 3]), angle, 4)
+        elif kind == "blob":
+            polygon = _regular_polygon(centre, size / 2 * rng.uniform(0.6, 1.0, 2), angle, 24)
+        else:
+            polygon = _regular_polygon(centre, size / 2 * rng.uniform(0.7, 1.0, 2), angle, 4)
+        stripes = (rng.uniform(2, 8), rng.uniform(0, math.pi)) if kind == "patch" else (0.0, 0.0)
+        occluders.append(Occluder(polygon, rng.uniform(0, 1, 3), rng.uniform(0, 0.3), stripes))
+    return occluders
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing.
+
+
+# How a layer's alpha comes from the rasterised fills and strokes of its group.
+_COMBINE = {
+    "fill": lambda f, s, slot: f[slot],
+    "stroke": lambda f, s, slot: s[slot],
+    "fill|stroke": lambda f, s, slot: np.maximum(f[slot[0]], s[slot[1]]),
+    "fill*fill": lambda f, s, slot: f[slot[0]] * f[slot[1]],
+}
+
+
+class _Shapes:
+    """Polygons and polylines collected for one batched rasterisation, in windows of one shape.
+
+    Each ``fill``/``line`` call returns the shape's slot; after :meth:`render`, ``fills[slot]``
+    and ``strokes[slot]`` hold its coverage and ``origins`` the top-left pixel of each window.
+    """
+
+    def __init__(self) -> None:
+        self.polygons: list[np.ndarray] = []
+        self.lines: list[tuple[np.ndarray, float, bool]] = []
+        self.polygon_origins: list[np.ndarray] = []
+        self.line_origins: list[np.ndarray] = []
+
+    def fill(self, polygon: np.ndarray, origin: np.ndarray) -> int:
+        self.polygons.append(polygon)
+        self.polygon_origins.append(origin)
+        return len(self.polygons) - 1
+
+    def line(self, points: np.ndarray, width: float, origin: np.ndarray, closed: bool = False) -> int:
+        self.lines.append((points, width, closed))
+        self.line_origins.append(origin)
+        return len(self.lines) - 1
+
+    def render(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros((0, *shape), np.float32)
+        fills = (_fill_polygons(self.polygons, np.array(self.polygon_origins, np.float64), shape)
+                 if self.polygons else empty)
+        strokes = (_strokes(self.lines, np.array(self.line_origins, np.float32), shape)
+                   if self.lines else empty)
+        return fills, strokes
+
+
+def _face_layers(geometry: FaceGeometry, look: Appearance, skin: np.ndarray, size: int):
+    """Rasterise the face and return its layers ``(alpha, origin, color)``, back to front.
+
+    The face region and the contour line use whole-image windows; the small features share
+    one window size (the largest feature's box), so each group rasterises in a single pass.
+    ``skin`` is the face's colour, RGB or a textured ``[3, S, S]`` image.
+    """
+    pts, parts, unit = geometry.landmarks, geometry.parts, geometry.face_size / 100
+    zero = np.zeros(2)
+    whole, small = _Shapes(), _Shapes()
+    plan = [(whole, "fill", whole.fill(geometry.outline, zero), skin)]
+    shade = look.skin * 0.7
+    if len(parts.get("contour", ())) >= 2:
+        i = whole.line(pts[list(parts["contour"])], 1.0 * unit, zero)
+        plan.append((whole, "stroke", i, shade, 0.6))
+    pad = 2 * unit + 2
+    pupils = pts[list(parts["pupils"])] if "pupils" in parts else np.zeros((0, 2), np.float32)
+    boxes = []
+    for name in ("nose", *_CLOSED_PARTS):
+        if len(parts.get(name, ())) < 2:
+            continue
+        points = pts[list(parts[name])]
+        origin = np.floor(points.min(0) - pad)
+        boxes.append(np.ceil(points.max(0) + pad) - origin + 1)
+        if name == "nose":
+            plan.append((small, "stroke", small.line(points, 1.6 * unit, origin), shade * 0.8))
+            continue
+        poly = _sort_by_angle(points)
+        i = small.fill(poly, origin)
+        if name.endswith("brow"):
+            plan.append((small, "fill|stroke", (i, small.line(poly, 2.0 * unit, origin, True)), look.brow))
+        elif name.endswith("eye"):
+            centre = poly.mean(0)
+            if len(pupils):  # the pupil landmark nearest to this eye sets the iris position
+                centre = pupils[np.argmin(((pupils - centre) ** 2).sum(1))]
+            extent = poly.max(0) - poly.min(0)
+            k = small.fill(_regular_polygon(centre, np.full(2, 0.3 * extent.max()), 0.0, 16), origin)
+            plan += [(small, "fill", i, look.sclera), (small, "fill*fill", (i, k), look.iris),
+                     (small, "stroke", small.line(poly, 1.2 * unit, origin, True), look.brow)]
+        elif name == "outer_mouth":
+            plan.append((small, "fill", i, look.lips))
+        else:  # inner mouth: dark opening and the lip line
+            j = small.line(poly, 1.0 * unit, origin, True)
+            plan.append((small, "fill|stroke", (i, j), look.lips * 0.25))
+    rendered = {id(whole): whole.render((size, size))}
+    if boxes:
+        rendered[id(small)] = small.render(tuple(int(v) for v in np.max(boxes, 0)[::-1]))
+    layers = []
+    for group, op, slot, color, *strength in plan:
+        fills, strokes = rendered[id(group)]
+        alpha = _COMBINE[op](fills, strokes, slot)
+        if strength:
+            alpha = alpha * strength[0]
+        origins = group.polygon_origins if op.startswith("fill") else group.line_origins
+        layers.append((alpha, origins[slot[0] if isinstance(slot, tuple) else slot], color))
+    return layers
+
+
+def draw_face(
+    geometry: FaceGeometry, look: Appearance, occluders: list[Occluder], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one sample.
+
+    Returns:
+        ``(image, occluder_alpha)``: ``float32[3, S, S]`` in ``[0, 1]`` and ``float32[S, S]``, the
+        occluders' coverage. Blur and noise are applied last, to everything.
+    """
+    size = image_size
+    tex = np.random.default_rng(look.texture_seed)
+    canvas = np.empty((3, size, size), np.float32)
+    canvas[:] = np.asarray(look.background, np.float32)[:, None, None]
+    canvas += look.background_texture * _smooth_noise(tex, size, 6, 3)
+    skin = look.skin[:, None, None] * (1 + 0.05 * _smooth_noise(tex, size, 4))
+    for alpha, origin, color in _face_layers(geometry, look, skin, size):
+        _blend(canvas, alpha, origin, color)
+    # Illumination: a linear ramp across the image (after the face, before the occluders).
+    coord = np.arange(size, dtype=np.float32) / size - 0.5
+    ramp = math.cos(look.light_direction) * coord[None, :] + math.sin(look.light_direction) * coord[:, None]
+    canvas *= 1 + look.light_strength * ramp[None]
+    alpha = np.zeros((size, size), np.float32)
+    if occluders:
+        polygons = [occ.polygon for occ in occluders]
+        covers = _fill_polygons(polygons, np.zeros((len(occluders), 2)), (size, size))
+        grid = np.arange(size, dtype=np.float32)
+        for occ, cover in zip(occluders, covers, strict=True):
+            color = occ.color[:, None, None] * (1 + occ.texture * _smooth_noise(tex, size, 12))
+            period, angle = occ.stripes
+            if period > 0:
+                phase = math.cos(angle) * grid[None, :] + math.sin(angle) * grid[:, None]
+                color = color * (0.75 + 0.25 * np.sign(np.sin(2 * math.pi * phase / period)))[None]
+            _blend(canvas, cover, np.zeros(2), color)
+        alpha = covers.max(0)
+    canvas = _blur(canvas, look.blur)
+    if look.noise > 0:
+        canvas += look.noise * tex.standard_normal(canvas.shape, dtype=np.float32)
+    return np.clip(canvas, 0.0, 1.0), alpha
+
+
+def _occluded(alpha: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """``bool[N]``: a landmark is occluded when the occluder covers at least half its pixel."""
+    size = alpha.shape[0]
+    ij = np.clip(np.rint(landmarks).astype(int), 0, size - 1)
+    return alpha[ij[:, 1], ij[:, 0]] >= 0.5
+
+
+def synthesize_face(
+    scheme: LandmarkScheme | str,
+    seed: int,
+    index: int,
+    image_size: int = 128,
+    config: SyntheticConfig | None = None,
+) -> dict[str, Tensor]:
+    """One synthetic sample, a pure function of its arguments.
+
+    Args:
+        scheme: a scheme name (``"wflw98"``, ``"300w68"``, ``"cofw29"``) or a ``LandmarkScheme``.
+        seed, index: select the sample; each of the geometry, appearance and occluder streams is
+            seeded by ``(seed, index, stream)``.
+        image_size: side ``S`` of the square image.
+        config: ranges of the random factors (:class:`SyntheticConfig`).
+
+    Returns:
+        A dict with ``"image"`` ``Tensor[3, S, S]`` in ``[0, 1]``, ``"landmarks"``
+        ``Tensor[N, 2]`` in pixels (x, y; pixel centres at integers), ``"visible"`` and
+        ``"occluded"`` ``BoolTensor[N]``, ``"transform"`` ``Tensor[2, 3]`` (the identity affine
+        map: the image is its own crop) and ``"index"``.
+
+    Example:
+        >>> s = synthesize_face("300w68", seed=0, index=3, image_size=64)
+        >>> s["image"].shape, s["landmarks"].shape, s["occluded"].dtype
+        (torch.Size([3, 64, 64]), torch.Size([68, 2]), torch.bool)
+    """
+    scheme = get_scheme(scheme)
+    config = config or SyntheticConfig()
+    if not isinstance(image_size, int) or image_size < 16:
+        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+    streams = [np.random.default_rng([seed, index, k]) for k in (_GEOMETRY, _APPEARANCE, _OCCLUDERS)]
+    geometry = sample_geometry(scheme, streams[_GEOMETRY], image_size, config)
+    look = sample_appearance(streams[_APPEARANCE], config, image_size)
+    occluders = sample_occluders(geometry, streams[_OCCLUDERS], config)
+    image, alpha = draw_face(geometry, look, occluders, image_size)
+    occluded = torch.from_numpy(_occluded(alpha, geometry.landmarks))
+    return {
+        "image": torch.from_numpy(image),
+        "landmarks": torch.from_numpy(geometry.landmarks),
+        "visible": ~occluded,
+        "occluded": occluded,
+        "transform": torch.eye(2, 3),
+        "index": torch.tensor(index),
+    }
+
+
+class SyntheticFaces(Dataset):
+    """A map-style data set of :func:`synthesize_face` samples ``0 .. length - 1``.
+
+    Samples are generated on access (no files, no cache) and are identical across processes
+    and epochs for the same ``seed``: give the training and test sets different seeds.
+
+    Args:
+        scheme: scheme name or ``LandmarkScheme``.
+        length: number of samples.
+        image_size: side ``S``.
+        seed: data set seed.
+        config: :class:`SyntheticConfig`; keyword overrides in ``**overrides`` (for example
+            ``occlusion=1.0``) replace its fields.
+
+    Example:
+        >>> ds = SyntheticFaces("cofw29", length=4, image_size=32, occlusion=1.0)
+        >>> len(ds), ds[0]["image"].shape, bool(ds[1]["occluded"].any())
+        (4, torch.Size([3, 32, 32]), True)
+    """
+
+    def __init__(
+        self,
+        scheme: LandmarkScheme | str = "wflw98",
+        length: int = 1000,
+        image_size: int = 128,
+        seed: int = 0,
+        config: SyntheticConfig | None = None,
+        **overrides,
+    ) -> None:
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive int, got {length!r}")
+        self.scheme = get_scheme(scheme)
+        self.length, self.image_size, self.seed = length, image_size, seed
+        self.config = dataclasses.replace(config or SyntheticConfig(), **overrides)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index must be in [0, {self.length}), got {index}")
+        return synthesize_face(self.scheme, self.seed, index % self.length, self.image_size, self.config)
+
+    def landmarks(self, count: int | None = None) -> Tensor:
+        """``Tensor[M, N, 2]``: the landmarks of the first ``count`` samples, without rendering.
+
+        Useful to build a correlation adjacency (:func:`~landmark_graph.build_correlation_adjacency`)
+        or a mean shape from the training set cheaply.
+        """
+        count = self.length if count is None else min(count, self.length)
+        shapes = [
+            sample_geometry(
+                self.scheme, np.random.default_rng([self.seed, i, _GEOMETRY]), self.image_size, self.config
+            ).landmarks
+            for i in range(count)
+        ]
+        return torch.from_numpy(np.stack(shapes))
+
+    def __repr__(self) -> str:
+        return (f"SyntheticFaces(scheme={self.scheme.name!r}, length={self.length}, "
+                f"image_size={self.image_size}, seed={self.seed})")

@@ -1,0 +1,689 @@
+"""The training engine behind ``landmark-graph train``, reusable from Python.
+
+A run is described by one :class:`TrainConfig`; :func:`train` builds the data sets, the model
+(backbone + head, :func:`build_model`), the loss (:class:`LandmarkCriterion`), the optimiser and
+the learning-rate schedule, trains, evaluates every ``eval_every`` epochs, writes a JSON line
+per epoch to ``out_dir/log.jsonl`` and checkpoints ``out_dir/last.pt`` / ``best.pt`` with the
+configuration embedded. ``resume`` continues a run from a checkpoint.
+
+The same code runs under ``torchrun``: when ``WORLD_SIZE > 1`` it joins the process group
+(``nccl`` on GPU, ``gloo`` on CPU), wraps the model in ``DistributedDataParallel`` (optionally
+with ``SyncBatchNorm``) and shards the training set with a ``DistributedSampler``;
+``batch_size`` is per process. Every rank evaluates the full test sets (no collective calls
+in evaluation); rank 0 logs and writes files.
+
+Example:
+    >>> cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, image_size=32,
+    ...                   train_size=8, test_size=4, scheme="cofw29", hidden_features=16,
+    ...                   num_blocks=1, backbone_width=8, progress=False)
+    >>> result = train(cfg)
+    >>> sorted(result["metrics"])
+    ['clean', 'occluded']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .adjacency import build_correlation_adjacency, index_order_adjacency
+from .backbones import SmallCNN, build_backbone
+from .heads import FCHead, LGRLHead
+from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
+from .metrics import LandmarkEvaluator, attribute_subsets
+from .schemes import get_scheme
+
+__all__ = [
+    "DATASETS",
+    "LOSSES",
+    "MODEL_KEYS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "CachedDataset",
+    "CheckpointError",
+    "LandmarkCriterion",
+    "LandmarkModel",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "load_checkpoint",
+    "train",
+]
+
+REFERENCE_SIZE = 256  # loss parameters (Soft Wing's omega in pixels) assume a 256x256 crop
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (also stored in each checkpoint).
+
+    Data: ``dataset`` is ``"synthetic"`` or a real set (``"wflw"``, ``"300w"``, ``"cofw"``) read
+    from ``data_root``; ``scheme`` defaults to the data set's; ``train_size``, ``test_size`` and
+    ``occlusion`` (share of occluded training images) apply to synthetic data.
+    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`), ``head``
+    (``"lgrl"`` or ``"fc"``) and its options; ``adjacency`` is ``"correlation"`` (eq. 1-2 on the
+    training landmarks), ``"scheme"`` (the scheme's default) or ``"index"`` (index order).
+    Loss: ``loss`` (``"l1"``, ``"wing"``, ``"softwing"``) plus ``relative_weight`` times the
+    relative location loss (0 disables it). Optimisation: ``optimizer``, ``lr``, ``schedule``
+    (``"constant"``, ``"step"``: times ``gamma`` every ``step_epochs``, ``"cosine"``).
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    scheme: str | None = None
+    image_size: int = 128
+    train_size: int = 2000
+    test_size: int = 200
+    occlusion: float = 0.5
+    backbone: str = "small"
+    backbone_width: int = 32
+    pretrained: bool = False
+    head: str = "lgrl"
+    k: int = 3
+    adjacency: str = "correlation"
+    hidden_features: int = 128
+    num_blocks: int = 4
+    expansion: int = 4
+    edge_weights: str = "dynamic"
+    head_channels: int = 256
+    loss: str = "softwing"
+    relative_weight: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    step_epochs: int = 100
+    gamma: float = 0.2
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 32
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    sync_bn: bool = False
+    eval_every: int = 1
+    out_dir: str | None = None
+    resume: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"dataset": DATASETS, "head": HEADS, "loss": LOSSES, "optimizer": OPTIMIZERS,
+                   "schedule": SCHEDULES, "adjacency": ADJACENCIES}
+        for name, registry in choices.items():
+            if getattr(self, name) not in registry:
+                raise ValueError(f"{name} must be one of {sorted(registry)}, got {getattr(self, name)!r}")
+        for name in ("image_size", "train_size", "test_size", "epochs", "batch_size", "k",
+                     "hidden_features", "expansion", "head_channels", "backbone_width", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be a positive int or None, got {self.steps_per_epoch!r}")
+        if not (self.lr > 0 and self.relative_weight >= 0 and 0 <= self.occlusion <= 1):
+            raise ValueError(
+                "lr must be > 0, relative_weight >= 0 and occlusion in [0, 1], got "
+                f"lr={self.lr!r}, relative_weight={self.relative_weight!r}, occlusion={self.occlusion!r}"
+            )
+        if self.dataset != "synthetic" and self.data_root is None:
+            raise ValueError(f"data_root is required for dataset {self.dataset!r}")
+
+    @property
+    def scheme_name(self) -> str:
+        return self.scheme or DATASETS[self.dataset].scheme
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# Fields that fix the model's architecture: a checkpoint only loads into a model built with
+# the same values.
+MODEL_KEYS = ("scheme_name", "image_size", "backbone", "backbone_width", "head", "k", "hidden_features",
+              "num_blocks", "expansion", "edge_weights", "head_channels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets.
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build a data set: its default scheme and ``build(config) -> (train, {name: test})``."""
+
+    scheme: str
+    build: Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]
+
+
+def _synthetic(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
+    from .data.synthetic import SyntheticFaces
+
+    def make(length: int, stream: int, occlusion: float) -> SyntheticFaces:
+        return SyntheticFaces(config.scheme_name, length, config.image_size,
+                              seed=config.seed * 10 + stream, occlusion=occlusion)
+
+    return make(config.train_size, 0, config.occlusion), {
+        "clean": make(config.test_size, 1, 0.0),
+        "occluded": make(config.test_size, 2, 1.0),
+    }
+
+
+def _one(root: Path, pattern: str) -> Path:
+    found = sorted(root.rglob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no {pattern} under data_root {str(root)!r}")
+    return found[0]
+
+
+def _wflw_records(root: Path, split: str) -> list:
+    from .data import read_wflw
+
+    images = root / "WFLW_images"
+    return read_wflw(_one(root, f"list_98pt_rect_attr_{split}.txt"), images if images.is_dir() else None)
+
+
+def _300w_records(root: Path, split: str) -> list:
+    from .data import read_300w
+
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"300W needs the folder {str(folder)!r} with .pts files and their images")
+    return read_300w(folder)
+
+
+def _cofw_records(root: Path, split: str) -> list:
+    from .data import read_cofw
+
+    return read_cofw(_one(root, f"COFW_{split}*.mat"), split)
+
+
+def _real(read: Callable[[Path, str], list]) -> Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]:
+    """Builder for a data set on disk: ``read(root, split)`` gives the records of a split."""
+
+    def build(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
+        from .data import LandmarkDataset
+
+        root = Path(config.data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_root {str(root)!r} is not a folder")
+        make = lambda split, train: LandmarkDataset(  # noqa: E731
+            read(root, split), config.scheme_name, config.image_size, train, seed=config.seed)
+        return make("train", True), {"test": make("test", False)}
+
+    return build
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "synthetic": DatasetSpec("wflw98", _synthetic),
+    "wflw": DatasetSpec("wflw98", _real(_wflw_records)),
+    "300w": DatasetSpec("300w68", _real(_300w_records)),
+    "cofw": DatasetSpec("cofw29", _real(_cofw_records)),
+}
+
+
+class CachedDataset(Dataset):
+    """Every sample of a data set rendered once and held in memory as stacked tensors.
+
+    Shares one rendering between several runs (the demo, an ablation); items are dicts of the
+    same keys as the source's.
+
+    Example:
+        >>> from landmark_graph.data.synthetic import SyntheticFaces
+        >>> cached = CachedDataset(SyntheticFaces("cofw29", length=3, image_size=16))
+        >>> cached[2]["image"].shape, len(cached)
+        (torch.Size([3, 16, 16]), 3)
+    """
+
+    def __init__(self, dataset: Dataset, progress: bool = False, description: str = "render") -> None:
+        bar = _progress(len(dataset), description, progress)
+        items = []
+        for i in range(len(dataset)):
+            items.append(dataset[i])
+            bar.update(1)
+        bar.close()
+        self.tensors = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def landmarks(self, count: int | None = None) -> Tensor:
+        """``Tensor[M, N, 2]``: the landmarks of the first ``count`` samples."""
+        return self.tensors["landmarks"][:count]
+
+
+def training_landmarks(dataset: Dataset, count: int = 1000) -> Tensor:
+    """``Tensor[M, N, 2]``: landmarks of up to ``count`` training samples (for the adjacency).
+
+    Uses the synthetic set's ``landmarks(count)`` method when it has one (no rendering).
+    """
+    if callable(getattr(dataset, "landmarks", None)):
+        return dataset.landmarks(count)
+    return torch.stack([dataset[i]["landmarks"] for i in range(min(count, len(dataset)))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model.
+
+
+class LandmarkModel(nn.Module):
+    r"""Backbone + landmark head, predicting pixel coordinates of the input image.
+
+    .. math::
+        \hat P = \bar P + \tfrac{S}{2}\, \mathrm{head}(\mathrm{backbone}(I))
+
+    with :math:`\bar P` the mean training shape ``(N, 2)`` (a buffer) and :math:`S` the image
+    side: the head regresses offsets in normalised units.
+
+    Shape:
+        - Input: ``Tensor[B, 3, S, S]``.
+        - Output: ``Tensor[B, N, 2]`` in pixels (x, y).
+
+    Example:
+        >>> import torch
+        >>> model = LandmarkModel(SmallCNN(8, 3), FCHead(5), torch.zeros(5, 2), image_size=32)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 5, 2])
+    """
+
+    mean_shape: Tensor
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean_shape: Tensor, image_size: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.image_size = image_size
+        self.register_buffer("mean_shape", torch.as_tensor(mean_shape, dtype=torch.float32).clone())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.mean_shape + self.head(self.backbone(images)) * (self.image_size / 2)
+
+
+def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
+    return LGRLHead(
+        adjacency.shape[0], config.k, adjacency=adjacency, in_channels=channels,
+        hidden_features=config.hidden_features, num_blocks=config.num_blocks, expansion=config.expansion,
+        edge_weights=config.edge_weights, hidden_channels=config.head_channels,
+    )
+
+
+def _fc(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
+    return FCHead(adjacency.shape[0], channels, hidden_features=config.head_channels)
+
+
+HEADS: dict[str, Callable[[TrainConfig, int, Tensor], nn.Module]] = {"lgrl": _lgrl, "fc": _fc}
+
+ADJACENCIES: dict[str, Callable[[Any, int, Tensor | None], Tensor]] = {
+    "correlation": lambda scheme, k, shapes: (
+        build_correlation_adjacency(shapes, k) if shapes is not None else scheme.adjacency(k)
+    ),
+    "scheme": lambda scheme, k, shapes: scheme.adjacency(k),
+    "index": lambda scheme, k, shapes: index_order_adjacency(scheme.num_points, k),
+}
+
+
+def build_model(config: TrainConfig, landmarks: Tensor | None = None) -> LandmarkModel:
+    """The model a config describes, with lazy layers materialised (ready for DDP and optimisers).
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        landmarks: ``Tensor[M, N, 2]`` training landmarks in pixels, for the correlation
+            adjacency and the mean shape; ``None`` (when a checkpoint will be loaded) uses the
+            scheme's adjacency and template.
+    """
+    scheme = get_scheme(config.scheme_name)
+    if config.backbone == "small":
+        backbone: nn.Module = SmallCNN(config.backbone_width)
+        channels = backbone.out_channels
+    else:
+        backbone, channels = build_backbone(config.backbone, config.pretrained)
+    adjacency = ADJACENCIES[config.adjacency](scheme, config.k, landmarks)
+    head = HEADS[config.head](config, channels, adjacency)
+    if landmarks is not None:
+        mean = landmarks.float().mean(0)
+    else:  # placeholder until a checkpoint's buffer replaces it
+        mean = torch.full((scheme.num_points, 2), config.image_size / 2)
+    model = LandmarkModel(backbone, head, mean, config.image_size)
+    model.eval()
+    with torch.no_grad():  # materialise lazy layers
+        model(torch.zeros(1, 3, config.image_size, config.image_size))
+    return model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss, optimiser, schedule.
+
+
+LOSSES: dict[str, Callable[[str], nn.Module]] = {
+    "l1": lambda reduction: nn.L1Loss(reduction=reduction),
+    "wing": lambda reduction: WingLoss(reduction=reduction),
+    "softwing": lambda reduction: SoftWingLoss(reduction=reduction),
+}
+
+
+class LandmarkCriterion(nn.Module):
+    r"""Absolute loss plus :math:`\lambda` times the relative location loss, in 256-pixel units.
+
+    .. math::
+        \mathcal L = \ell(s\hat P, sP) + \lambda\, \mathcal L_{\text{rel}}(s\hat P, sP),
+        \qquad s = 256 / S
+
+    Example:
+        >>> import torch
+        >>> from landmark_graph import index_order_adjacency
+        >>> crit = LandmarkCriterion("l1", 64, adjacency=index_order_adjacency(4, 1), relative_weight=1.0)
+        >>> p = torch.zeros(1, 4, 2)
+        >>> crit(p + 1.0, p).item()  # a shift: absolute 4 px at the 256 scale, relative 0
+        4.0
+    """
+
+    def __init__(
+        self, loss: str, image_size: int, adjacency: Tensor | None = None, relative_weight: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.absolute = LOSSES[loss]("mean")
+        self.scale = REFERENCE_SIZE / image_size
+        self.relative_weight = relative_weight
+        self.relative = (
+            RelativeLocationLoss(adjacency, criterion=LOSSES[loss]("none"))
+            if relative_weight > 0 else None
+        )
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        pred, target = pred * self.scale, target * self.scale
+        loss = self.absolute(pred, target)
+        if self.relative is not None:
+            loss = loss + self.relative_weight * self.relative(pred, target)
+        return loss
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable[Tensor], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda params, c: torch.optim.SGD(params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, c.lr, weight_decay=c.weight_decay),
+}
+
+# Multiplier of the learning rate at optimisation step ``s`` of ``total``, ``per_epoch`` a epoch.
+SCHEDULES: dict[str, Callable[[int, int, int, TrainConfig], float]] = {
+    "constant": lambda s, total, per_epoch, c: 1.0,
+    "step": lambda s, total, per_epoch, c: c.gamma ** (s // (c.step_epochs * per_epoch)),
+    "cosine": lambda s, total, per_epoch, c: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used with the requested configuration."""
+
+
+def _model_signature(config: TrainConfig) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in MODEL_KEYS}
+
+
+def check_compatible(saved: TrainConfig, wanted: TrainConfig, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the architecture fields that differ."""
+    a, b = _model_signature(saved), _model_signature(wanted)
+    diff = [f"{k}={a[k]!r} (checkpoint) vs {b[k]!r}" for k in MODEL_KEYS if a[k] != b[k]]
+    if diff:
+        raise CheckpointError(f"checkpoint {str(path)!r} is from another configuration: {'; '.join(diff)}")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train`; its ``"config"`` becomes a :class:`TrainConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # any unpickling failure means "not one of ours"
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
+    if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
+        raise CheckpointError(f"checkpoint {str(path)!r} was not written by landmark-graph train")
+    state["config"] = TrainConfig.from_dict(state["config"])
+    return state
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[LandmarkModel, TrainConfig]:
+    """Rebuild the model stored in a checkpoint, in eval mode."""
+    state = load_checkpoint(path)
+    config = state["config"]
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as error:
+        message = f"checkpoint {str(path)!r} does not match its configuration: {error}"
+        raise CheckpointError(message) from error
+    return model.to(device).eval(), config
+
+
+# ---------------------------------------------------------------------------------------------
+# Loops.
+
+
+def _progress(total: int, description: str, enabled: bool):
+    """A tqdm bar when tqdm is installed, otherwise a plain one that prints every ~10%."""
+    if not enabled:
+        return _PlainProgress(total, description, quiet=True)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _PlainProgress(total, description)
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+class _PlainProgress:
+    def __init__(self, total: int, description: str, quiet: bool = False) -> None:
+        self.total, self.description, self.quiet = total, description, quiet
+        self.count, self.every = 0, max(1, total // 10)
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if not self.quiet and (self.count % self.every == 0 or self.count == self.total):
+            line = f"{self.description}: {self.count}/{self.total} {self.postfix}"
+            print(line, file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+
+def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[Mapping[str, Tensor]], scheme=None, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """NME, FR and AUC (:class:`~landmark_graph.metrics.LandmarkEvaluator`) of ``model`` on ``loader``.
+
+    Batches are dicts with ``"image"`` and ``"landmarks"``; WFLW ``"attributes"`` are reported
+    per subset (pose, expression, ...). The model's training mode is restored.
+
+    Returns:
+        ``LandmarkEvaluator.compute()``: ``{"nme", "fr", "auc", "count", "subsets", ...}``.
+    """
+    evaluator = LandmarkEvaluator(scheme)
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        batch = _to(batch, torch.device(device))
+        pred = model(batch["image"])
+        flags = batch.get("attributes")
+        evaluator.update(pred.float().cpu(), batch["landmarks"].float().cpu(),
+                         subsets=None if flags is None else attribute_subsets(flags.cpu()))
+    model.train(was_training)
+    return evaluator.compute()
+
+
+def _distributed_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun; returns ``(rank, world, device, created)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if cuda else ("cpu" if config.device == "auto" else config.device))
+    if cuda:
+        torch.cuda.set_device(device)
+    if config.sync_bn and (world < 2 or not cuda):
+        raise ValueError("sync_bn needs several GPU processes (torchrun --nproc_per_node N on CUDA): "
+                         "PyTorch's SyncBatchNorm is GPU only")
+    created = world > 1 and not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device, created
+
+
+def _loader(dataset: Dataset, config: TrainConfig, sampler=None, shuffle: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(dataset, config.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=config.workers, drop_last=shuffle, generator=generator,
+                      persistent_workers=config.workers > 0)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    train_set: Dataset | None = None,
+    test_sets: Mapping[str, Dataset] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run a training job; see the module docstring.
+
+    Args:
+        config: the run.
+        train_set, test_sets: prebuilt data sets (for example cached in memory to share
+            between runs); default: built from ``config``.
+        log: called with a one-line summary per evaluation (rank 0 only); default: nothing.
+
+    Returns:
+        ``{"model", "config", "metrics" (last evaluation, per test set), "history" (one dict
+        per epoch), "checkpoint" (path or None), "seconds"}``; ``"model"`` is unwrapped from DDP.
+    """
+    rank, world, device, created = _distributed_setup(config)
+    torch.manual_seed(config.seed)
+    if train_set is None or test_sets is None:
+        built_train, built_tests = DATASETS[config.dataset].build(config)
+        train_set, test_sets = train_set or built_train, test_sets or built_tests
+    scheme = get_scheme(config.scheme_name)
+    state = None
+    if config.resume:
+        state = load_checkpoint(config.resume)
+        check_compatible(state["config"], config, config.resume)
+    model = build_model(config, None if state else training_landmarks(train_set))
+    if state:
+        model.load_state_dict(state["model"])
+    criterion = LandmarkCriterion(config.loss, config.image_size, model.head.adjacency
+                                  if hasattr(model.head, "adjacency") else scheme.adjacency(config.k),
+                                  config.relative_weight).to(device)
+    model.to(device)
+    net: nn.Module = model
+    if world > 1:
+        if config.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    optimizer = OPTIMIZERS[config.optimizer](net.parameters(), config)
+    sampler = (torch.utils.data.distributed.DistributedSampler(train_set, world, rank, seed=config.seed)
+               if world > 1 else None)
+    loader = _loader(train_set, config, sampler, shuffle=True)
+    per_epoch = config.steps_per_epoch or len(loader)
+    if per_epoch < 1:
+        raise ValueError(
+            f"the training set ({len(train_set)} samples) is smaller than batch_size={config.batch_size}")
+    total = per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: SCHEDULES[config.schedule](s, total, per_epoch, config))
+    start_epoch, history, best = 0, [], math.inf
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state.get("history", [])
+        best = state.get("best", math.inf)
+    test_loaders = {name: _loader(ds, config) for name, ds in test_sets.items()}
+    out = Path(config.out_dir) if config.out_dir else None
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    started, metrics, checkpoint = time.perf_counter(), {}, None
+    bar = _progress(total - start_epoch * per_epoch, f"train {config.head}", config.progress and rank == 0)
+    for epoch in range(start_epoch, config.epochs):
+        for reseeded in (sampler, train_set):  # new shuffle and augmentation streams each epoch
+            if callable(getattr(reseeded, "set_epoch", None)):
+                reseeded.set_epoch(epoch)
+        net.train()
+        losses, step, batches = [], 0, iter(loader)
+        while step < per_epoch:
+            try:
+                batch = next(batches)
+            except StopIteration:  # steps_per_epoch longer than one pass: start another
+                batches = iter(loader)
+                continue
+            batch = _to(batch, device)
+            loss = criterion(net(batch["image"]), batch["landmarks"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix_str(f"loss {losses[-1]:.3f}")
+        record = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch, "lr": scheduler.get_last_lr()[0],
+                  "train_loss": sum(losses) / len(losses), "seconds": round(time.perf_counter() - started, 2)}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            metrics = {name: evaluate(model, tl, scheme, device) for name, tl in test_loaders.items()}
+            record["eval"] = metrics
+        history.append(record)
+        if rank == 0:
+            if log is not None and "eval" in record:
+                log(f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} " + " ".join(
+                    f"{name}: NME {m['nme']:.4f}" for name, m in metrics.items()))
+            if out is not None:
+                score = next(iter(metrics.values()))["nme"] if metrics else math.inf
+                best = min(best, score)
+                checkpoint = _save(out, model, optimizer, scheduler, config, epoch + 1, history, best,
+                                   is_best=score <= best)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+    bar.close()
+    if created:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"model": model, "config": config, "metrics": metrics, "history": history,
+            "checkpoint": checkpoint, "seconds": time.perf_counter() - started}
+
+
+def _save(out: Path, model, optimizer, scheduler, config, epoch, history, best, is_best) -> str:
+    state = {"config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best}
+    last = out / "last.pt"
+    torch.save(state, last)
+    if is_best:
+        torch.save(state, out / "best.pt")
+    return str(last)

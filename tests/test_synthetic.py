@@ -1,0 +1,138 @@
+"""Synthetic faces: determinism, exact landmarks, occlusion that hides what it flags."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from landmark_graph.data.synthetic import (
+    SyntheticConfig,
+    SyntheticFaces,
+    _fill_polygons,
+    _strokes,
+    draw_face,
+    sample_appearance,
+    sample_geometry,
+    sample_occluders,
+    synthesize_face,
+)
+from landmark_graph.schemes import get_scheme
+
+SCHEMES = ("wflw98", "300w68", "cofw29")
+STILL = SyntheticConfig(blur=0.0, noise=0.0)
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_sample_layout(name):
+    scheme = get_scheme(name)
+    sample = synthesize_face(name, seed=1, index=4, image_size=48)
+    assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.float32
+    assert 0.0 <= sample["image"].min() and sample["image"].max() <= 1.0
+    assert sample["landmarks"].shape == (scheme.num_points, 2)
+    assert sample["occluded"].dtype == torch.bool and sample["occluded"].shape == (scheme.num_points,)
+    assert torch.equal(sample["visible"], ~sample["occluded"])
+    assert torch.equal(sample["transform"], torch.eye(2, 3)) and sample["index"].item() == 4
+    # The face stays inside the image with the default ranges.
+    assert (sample["landmarks"] >= 0).all() and (sample["landmarks"] <= 47).all()
+
+
+def test_deterministic_per_seed_and_index():
+    a = SyntheticFaces("300w68", length=5, image_size=32, seed=7)
+    b = SyntheticFaces("300w68", length=5, image_size=32, seed=7)
+    for key in ("image", "landmarks", "occluded"):
+        assert torch.equal(a[3][key], b[3][key])
+    assert not torch.equal(a[3]["landmarks"], a[2]["landmarks"])
+    other = SyntheticFaces("300w68", length=5, image_size=32, seed=8)
+    assert not torch.equal(a[3]["image"], other[3]["image"])
+    assert torch.equal(a[-2]["image"], a[3]["image"])
+    with pytest.raises(IndexError):
+        a[5]
+
+
+def test_landmarks_method_matches_samples():
+    faces = SyntheticFaces("cofw29", length=6, image_size=40, seed=2)
+    assert torch.equal(faces.landmarks(4), torch.stack([faces[i]["landmarks"] for i in range(4)]))
+    assert faces.landmarks().shape == (6, 29, 2)
+
+
+def test_landmarks_follow_the_template_ordering():
+    # With no identity, expression, pose or jitter, the landmarks are the scaled template.
+    config = SyntheticConfig(rotation=0, yaw=0, translation=0, identity=0, expression=0, scale=(0.5, 0.5))
+    scheme = get_scheme("wflw98")
+    points = synthesize_face(scheme, 0, 0, 100, config)["landmarks"].double()
+    template = torch.as_tensor(scheme.template, dtype=torch.float64)
+    lo, hi = template.min(0).values, template.max(0).values
+    expected = (template - (lo + hi) / 2) / (hi - lo).max() * 50 + 49.5
+    torch.testing.assert_close(points, expected, atol=1e-3, rtol=0)
+
+
+def test_occlusion_probability_extremes():
+    clean = SyntheticFaces("wflw98", length=12, image_size=32, occlusion=0.0)
+    occluded = SyntheticFaces("wflw98", length=12, image_size=32, occlusion=1.0)
+    assert not any(clean[i]["occluded"].any() for i in range(12))
+    hit = sum(bool(occluded[i]["occluded"].any()) for i in range(12))
+    assert hit >= 9  # occluders are centred on landmarks; a few may fall between them
+
+
+def _controlled(index: int, scheme: str = "wflw98", size: int = 64):
+    rng = [np.random.default_rng([5, index, k]) for k in range(3)]
+    config = dataclasses.replace(STILL, occlusion=1.0)
+    geometry = sample_geometry(get_scheme(scheme), rng[0], size, config)
+    look = sample_appearance(rng[1], config, size)
+    look = dataclasses.replace(look, light_strength=0.0, background_texture=0.0)
+    return geometry, look, sample_occluders(geometry, rng[2], config)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_occluders_hide_the_face(index):
+    geometry, look, occluders = _controlled(index)
+    image, alpha = draw_face(geometry, look, occluders, 64)
+    other_look = dataclasses.replace(look, skin=1 - look.skin, brow=1 - look.brow, iris=1 - look.iris,
+                                     lips=1 - look.lips, sclera=1 - look.sclera)
+    other, alpha2 = draw_face(geometry, other_look, occluders, 64)
+    assert np.array_equal(alpha, alpha2)
+    covered = alpha >= 1.0
+    assert covered.any()
+    # Under the occluders the pixels do not depend on the face at all...
+    np.testing.assert_allclose(image[:, covered], other[:, covered], atol=1e-6, rtol=0)
+    # ...while the visible face does.
+    assert np.abs(image[:, ~covered] - other[:, ~covered]).max() > 0.3
+
+
+def test_features_are_drawn_at_their_landmarks():
+    geometry, look, _ = _controlled(1)
+    image, _ = draw_face(geometry, look, [], 64)
+    for part in ("left_brow", "right_brow"):
+        x, y = np.rint(geometry.landmarks[list(geometry.parts[part])].mean(0)).astype(int)
+        np.testing.assert_allclose(image[:, y, x], look.brow, atol=0.05)
+
+
+def test_polygon_fill_area_and_antialiasing():
+    square = np.array([[10.25, 10.0], [30.25, 10.0], [30.25, 30.0], [10.25, 30.0]])
+    cover = _fill_polygons([square, square + 5], np.zeros((2, 2)), (48, 48))
+    assert cover.shape == (2, 48, 48)
+    assert cover[0].sum() == pytest.approx(20 * 20, abs=0.5)  # 20 rows of 20 px
+    assert cover[0, 20, 10] == pytest.approx(0.25)  # a quarter of pixel 10 lies right of x = 10.25
+    assert cover[0, 5].sum() == 0.0
+    shifted = _fill_polygons([square], np.array([[5.0, 5.0]]), (48, 48))[0]
+    np.testing.assert_allclose(shifted[:38, :38], cover[1, 10:, 10:][:38, :38])
+
+
+def test_stroke_width():
+    line = np.array([[5.0, 20.0], [35.0, 20.0]])
+    cover = _strokes([(line, 2.0, False)], np.zeros((1, 2), np.float32), (40, 40))[0]
+    column = cover[:, 20]
+    np.testing.assert_allclose(column[18:23], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    assert cover[:, :2].sum() == 0.0 and cover[30:].sum() == 0.0
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="occlusion"):
+        SyntheticConfig(occlusion=1.5)
+    with pytest.raises(ValueError, match="scale"):
+        SyntheticConfig(scale=(0.8, 0.2))
+    with pytest.raises(ValueError, match="image_size"):
+        synthesize_face("cofw29", 0, 0, image_size=8)
+    with pytest.raises(ValueError, match="length"):
+        SyntheticFaces("cofw29", length=0)
