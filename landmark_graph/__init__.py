@@ -6,7 +6,9 @@ from .graph_conv import GraphConv, GraphResidualBlock
 from .heads import FCHead, LGRLHead
 from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
 from .map_to_node import MapToNode
+from .metrics import LandmarkEvaluator, auc, ced, failure_rate, nme
 from .ops import NeighborTable, neighbor_aggregate
+from .schemes import LandmarkScheme, get_scheme, register_scheme
 
 __version__ = "0.1.0"
 
@@ -16,12 +18,20 @@ __all__ = [
     "GraphConv",
     "GraphResidualBlock",
     "LGRLHead",
+    "LandmarkEvaluator",
+    "LandmarkScheme",
     "MapToNode",
     "NeighborTable",
     "RelativeLocationLoss",
     "SoftWingLoss",
     "WingLoss",
+    "auc",
     "build_correlation_adjacency",
+    "ced",
+    "failure_rate",
+    "get_scheme",
     "index_order_adjacency",
     "neighbor_aggregate",
+    "nme",
+    "register_scheme",
 ]

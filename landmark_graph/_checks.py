@@ -9,9 +9,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter
 
-__all__ = ["check_floating", "check_mask", "check_ndim", "check_shape", "check_tensor"]
+__all__ = [
+    "check_feature_map",
+    "check_finite",
+    "check_floating",
+    "check_mask",
+    "check_ndim",
+    "check_param_dtype",
+    "check_shape",
+    "check_tensor",
+    "materialized",
+]
 
 
 def check_tensor(name: str, value: object) -> Tensor:
@@ -45,15 +56,59 @@ def check_shape(name: str, tensor: Tensor, expected: Sequence[int | None], layou
 
 
 def check_mask(mask: Tensor | None, batch: int, num_nodes: int, device: torch.device) -> Tensor | None:
-    """Validate an optional ``(B, N)`` visibility mask and return it as a float tensor."""
+    """Validate an optional ``(B, N)`` visibility mask: bool, or numbers in ``[0, 1]``."""
     if mask is None:
         return None
     check_tensor("mask", mask)
     check_shape("mask", mask, (batch, num_nodes), "(B, N)")
     if mask.device != device:
         raise ValueError(f"mask must be on {device}, got {mask.device}")
-    if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
-        raise ValueError("mask must be finite, got NaN or inf")
     if mask.is_complex():
         raise TypeError(f"mask must be bool or real, got dtype {mask.dtype}")
+    # One comparison catches NaN, inf and negative values (a negative weight would flip the loss).
+    if mask.dtype != torch.bool and not bool(((mask >= 0) & (mask <= 1)).all()):
+        raise ValueError("mask must hold 0/1 or weights in [0, 1], got NaN, inf or values outside [0, 1]")
     return mask
+
+
+def check_finite(where: str = "", /, **tensors: Tensor) -> None:
+    """Raise if any of the named tensors holds NaN or inf; one host sync for all of them."""
+    flags = [torch.isfinite(t).all() for t in tensors.values()]
+    if bool(torch.stack(flags).all()):
+        return
+    bad = [name for name, ok in zip(tensors, flags, strict=True) if not bool(ok)]
+    raise ValueError(f"{', '.join(bad)} must be finite{where}, got NaN or inf")
+
+
+def check_feature_map(name: str, features: object, channels: int | None) -> Tensor:
+    """A floating ``(B, C, H, W)`` map with ``C == channels`` (when known) and ``H, W >= 1``."""
+    tensor = check_floating(name, features)
+    check_ndim(name, tensor, 4, "(B, C, H, W)")
+    if channels is not None and tensor.shape[1] != channels:
+        raise ValueError(
+            f"{name} must have {channels} channels (B, C, H, W), got shape {tuple(tensor.shape)}"
+        )
+    if min(tensor.shape[1:]) < 1:
+        raise ValueError(f"{name} must have C, H, W >= 1 (B, C, H, W), got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def materialized(layer: nn.Module) -> int | None:
+    """Input size of a Linear (features) or ungrouped Conv (channels), ``None`` while lazy.
+
+    Read from the weight, which a lazy layer loaded from a ``state_dict`` already has while its
+    ``in_features`` attribute is still 0 until the first call.
+    """
+    # isinstance, not torch.nn.parameter.is_lazy, which torch.compile cannot trace.
+    return None if isinstance(layer.weight, UninitializedParameter) else layer.weight.shape[1]
+
+
+def check_param_dtype(name: str, tensor: Tensor, module: nn.Module) -> None:
+    """Outside autocast, an input must have the dtype of the module's (initialised) parameters."""
+    param = next((p for p in module.parameters() if not isinstance(p, UninitializedParameter)), None)
+    if param is None or tensor.dtype == param.dtype or torch.is_autocast_enabled(tensor.device.type):
+        return
+    raise TypeError(
+        f"{name} must have the dtype of the module's parameters {param.dtype}, got {tensor.dtype}; "
+        "convert the module (module.to(dtype)) or run under torch.autocast"
+    )

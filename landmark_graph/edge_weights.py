@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_floating, check_ndim
+from ._checks import check_floating, check_ndim, check_param_dtype, materialized
 from .ops import NeighborTable
 
 __all__ = ["EDGE_WEIGHT_MODES", "DynamicAdjacency", "edge_softmax"]
@@ -97,12 +97,12 @@ class DynamicAdjacency(nn.Module):
     def forward(self, context: Tensor) -> Tensor:
         check_floating("context", context)
         check_ndim("context", context, 2, "(B, F)")
-        if self.in_features is not None and context.shape[1] != self.in_features:
-            raise ValueError(
-                f"context must have shape (B, F) with F={self.in_features}, got {tuple(context.shape)}"
-            )
+        size = materialized(self.hidden)
+        if size is not None and context.shape[1] != size:
+            raise ValueError(f"context must have shape (B, F) with F={size}, got {tuple(context.shape)}")
+        check_param_dtype("context", context, self)
         n, k = self.table.num_nodes, self.table.max_degree
-        logits = self.logits(torch.relu(self.hidden(context))).view(-1, n, k)
+        logits = self.logits(torch.relu(self.hidden(context))).view(context.shape[0], n, k)
         return edge_softmax(logits, self.table.valid)
 
     def extra_repr(self) -> str:

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_floating, check_mask, check_ndim, check_shape
+from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape
+from .adjacency import as_square_mask
 
 __all__ = ["laplacian_matrix", "relative_location_loss", "soft_wing_loss", "wing_loss"]
 
@@ -44,17 +45,23 @@ def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
 
 
 def _zero_hidden(pred: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Hidden landmarks may hold NaN placeholders: zero them so no NaN reaches loss or gradient."""
-    if mask is None:
-        return pred, target
-    visible = mask.unsqueeze(-1) != 0
-    zero = pred.new_zeros(())
-    return torch.where(visible, pred, zero), torch.where(visible, target, zero)
+    """Hidden landmarks may hold NaN placeholders: zero them so no NaN reaches loss or gradient.
+
+    Visible landmarks must be finite: a NaN there (bad labels, or a model fed NaN features,
+    which the layers do not scan for) raises instead of turning the loss into NaN.
+    """
+    if mask is not None:
+        visible = mask.unsqueeze(-1) != 0
+        zero = pred.new_zeros(())
+        pred, target = torch.where(visible, pred, zero), torch.where(visible, target, zero)
+    check_finite(" at visible landmarks", pred=pred, target=target)
+    return pred, target
 
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
@@ -136,7 +143,7 @@ def laplacian_matrix(adjacency: Tensor) -> Tensor:
     A node with no neighbour besides itself gets an all-zero row (it has no relative location).
 
     Args:
-        adjacency: ``BoolTensor[N, N]``.
+        adjacency: ``BoolTensor[N, N]`` (or any tensor or array whose nonzeros are edges).
 
     Returns:
         ``Tensor[N, N]`` float32.
@@ -148,7 +155,8 @@ def laplacian_matrix(adjacency: Tensor) -> Tensor:
                 [-1.0000,  1.0000,  0.0000],
                 [ 0.0000,  0.0000,  0.0000]])
     """
-    mask = adjacency.bool() & ~torch.eye(adjacency.shape[0], dtype=torch.bool, device=adjacency.device)
+    mask = as_square_mask(adjacency)
+    mask = mask & ~torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)
     degree = mask.sum(dim=1, keepdim=True)
     lap = -mask.float() / degree.clamp(min=1)
     return lap + torch.diag((degree.squeeze(1) > 0).float())
@@ -183,7 +191,7 @@ def relative_location_loss(
     Example:
         >>> import torch
         >>> lap = laplacian_matrix(torch.ones(3, 3, dtype=torch.bool))
-        >>> p = torch.rand(2, 3, 2)
+        >>> p = torch.arange(12.0).view(2, 3, 2)  # integers: the check below is exact
         >>> relative_location_loss(p + 5.0, p, lap).item()  # a shift keeps the structure
         0.0
     """
@@ -191,6 +199,7 @@ def relative_location_loss(
     n = pred.shape[1]
     check_floating("laplacian", laplacian)
     check_shape("laplacian", laplacian, (n, n), "(N, N)")
+    check_finite("", laplacian=laplacian)
     mask = check_mask(mask, pred.shape[0], n, pred.device)
     lap = laplacian.to(pred.dtype)
     has_neighbours = (lap != 0).sum(dim=1) > 1  # (N,)
@@ -199,7 +208,7 @@ def relative_location_loss(
         hidden = (mask == 0).to(pred.dtype)
         # Node i counts only if no node its row touches is hidden.
         keep = keep & ((hidden @ (lap != 0).to(pred.dtype).T) == 0)
-        pred, target = _zero_hidden(pred, target, mask)
+    pred, target = _zero_hidden(pred, target, mask)
     delta_pred = lap @ pred
     delta_target = lap @ target
     if criterion is None:

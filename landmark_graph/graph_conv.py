@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_floating, check_ndim, check_shape
+from ._checks import check_floating, check_ndim, check_param_dtype, check_shape, materialized
 from .edge_weights import _as_table, edge_softmax
 from .ops import NeighborTable, neighbor_aggregate
 
@@ -94,7 +94,8 @@ class GraphConv(nn.Module):
         check_floating("x", x)
         n, k = self.table.num_nodes, self.table.max_degree
         check_ndim("x", x, 3, "(B, N, I)")
-        check_shape("x", x, (None, n, self.in_features), "(B, N, I)")
+        check_shape("x", x, (None, n, materialized(self.linear)), "(B, N, I)")
+        check_param_dtype("x", x, self)
         if edge_weights is None:
             edge_weights = self.own_edge_weights()
         else:
@@ -148,6 +149,8 @@ class GraphResidualBlock(nn.Module):
         self, features: int, adjacency: Tensor | NeighborTable, *, learn_edge_weights: bool = False
     ) -> None:
         super().__init__()
+        if not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
         table = _as_table(adjacency)
         self.conv1 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)
         self.conv2 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)

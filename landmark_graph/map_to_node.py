@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._checks import check_floating, check_ndim
+from ._checks import check_feature_map, check_param_dtype, materialized
 
 __all__ = ["MapToNode"]
 
@@ -68,13 +68,9 @@ class MapToNode(nn.Module):
         )
 
     def forward(self, features: Tensor) -> Tensor:
-        check_floating("features", features)
-        check_ndim("features", features, 4, "(B, C, H, W)")
-        if self.in_channels is not None and features.shape[1] != self.in_channels:
-            raise ValueError(
-                f"features must have {self.in_channels} channels (B, C, H, W), "
-                f"got shape {tuple(features.shape)}"
-            )
+        conv = self.embed[0][0]
+        check_feature_map("features", features, materialized(conv))
+        check_param_dtype("features", features, self)
         b, _, h, w = features.shape
         return self.embed(features).reshape(b, self.num_landmarks, self.expansion * h * w)
 

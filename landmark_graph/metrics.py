@@ -161,8 +161,8 @@ def nme(
         ``Tensor[B]`` in the floating dtype of the inputs (integers become float64).
 
     Raises:
-        ValueError: shapes disagree, a distance is zero or not finite, or an image has no
-            landmark left by ``mask``.
+        ValueError: shapes disagree, a counted landmark is NaN or inf, a distance is zero or
+            not finite, or an image has no landmark left by ``mask``.
 
     Example:
         >>> from landmark_graph.schemes import get_scheme
@@ -174,6 +174,14 @@ def nme(
     check_shape("target", target, (None, None, 2), "(B, N, 2)")
     check_shape("pred", pred, tuple(target.shape), "(B, N, 2) like target")
     mask = _as_mask(mask, target)
+    for name, points in (("pred", pred), ("target", target)):
+        bad = ~torch.isfinite(points).all(dim=-1)  # (B, N)
+        if mask is not None:
+            bad &= mask != 0
+        if bool(bad.any()):
+            image, landmark = bad.nonzero()[0].tolist()
+            raise ValueError(f"{name} must be finite at counted landmarks; image {image} landmark "
+                             f"{landmark} is NaN or inf (mask it out if it is missing)")
     if isinstance(normalization, str):
         distance = normalizing_distance(target, normalization, scheme=scheme, mask=mask)
     else:
@@ -192,6 +200,7 @@ def nme(
     if mask is None:
         return error.mean(dim=1) / distance
     weight = mask.to(error.dtype)
+    error = torch.where(weight > 0, error, error.new_zeros(()))  # uncounted points may be NaN
     count = weight.sum(dim=1)
     empty = (count <= 0).nonzero().flatten().tolist()
     if empty:

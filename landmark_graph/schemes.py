@@ -488,7 +488,7 @@ def register_scheme(scheme: LandmarkScheme, *, overwrite: bool = False) -> Landm
     """Add a custom scheme to :data:`SCHEMES` (validated); return it.
 
     Raises:
-        KeyError: the name is taken and ``overwrite`` is false, or it names a built-in scheme.
+        ValueError: the name is taken and ``overwrite`` is false, or it names a built-in scheme.
 
     Example:
         >>> import numpy as np
@@ -503,8 +503,8 @@ def register_scheme(scheme: LandmarkScheme, *, overwrite: bool = False) -> Landm
     if not isinstance(scheme, LandmarkScheme):
         raise TypeError(f"scheme must be a LandmarkScheme, got {type(scheme).__name__}")
     if scheme.name in SCHEMES and (not overwrite or scheme.name in BUILTIN_SCHEMES):
-        raise KeyError(f"scheme {scheme.name!r} is already registered; pass overwrite=True to replace it "
-                       "(built-in schemes cannot be replaced)")
+        raise ValueError(f"scheme {scheme.name!r} is already registered; pass overwrite=True to replace it "
+                         "(built-in schemes cannot be replaced)")
     SCHEMES[scheme.name] = scheme.validate()
     return scheme
 
@@ -513,12 +513,15 @@ def get_scheme(name: str | LandmarkScheme) -> LandmarkScheme:
     """The registered scheme called ``name`` (a scheme passes through).
 
     Raises:
-        KeyError: unknown name; the message lists the registered ones.
+        ValueError: unknown name; the message lists the registered ones.
+        TypeError: ``name`` is neither a string nor a scheme.
     """
     if isinstance(name, LandmarkScheme):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"scheme must be a name or a LandmarkScheme, got {type(name).__name__}")
     if name not in SCHEMES:
-        raise KeyError(f"unknown landmark scheme {name!r}; registered: {sorted(SCHEMES)}")
+        raise ValueError(f"unknown landmark scheme {name!r}; registered: {sorted(SCHEMES)}")
     return SCHEMES[name]
 
 

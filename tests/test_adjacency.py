@@ -137,7 +137,7 @@ def test_check_adjacency_errors_and_self_loops():
         check_adjacency(torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"empty rows \[1\]"):
         check_adjacency(torch.tensor([[1, 0], [0, 0]]))
-    with pytest.raises(TypeError, match="adjacency must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"adjacency must be a torch\.Tensor"):
         check_adjacency([[1]])
     mask = check_adjacency(np.array([[0, 1], [1, 0]]))
     assert mask.dtype == torch.bool and mask.all()

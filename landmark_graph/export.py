@@ -1,0 +1,299 @@
+r"""Deployment: ONNX and ``torch.export`` of landmark models, and the ``landmark-graph export`` command.
+
+Every graph layer reduces to gathers, ``einsum`` and dense layers over a neighbour table that is
+a constant of the model, so a model with :class:`~landmark_graph.LGRLHead` (dynamic, static or
+binary edge weights) exports to standard ONNX operators; ONNX Runtime reproduces PyTorch's
+landmarks to about ``1e-8`` in float32 on CPU (the tests require ``1e-4``).
+
+Exporting puts the model in ``eval()`` mode for the trace (BatchNorm uses its running
+statistics) and restores the previous mode afterwards. Lazy layers (``in_channels=None``) are
+materialised by one call on the example input first. The batch dimension is dynamic by default.
+
+Example:
+    >>> import torch
+    >>> from landmark_graph import LGRLHead
+    >>> head = LGRLHead(5, k=2, in_channels=4, hidden_features=8, num_blocks=1, hidden_channels=8)
+    >>> program = export_program(head, torch.randn(2, 4, 3, 3))
+    >>> program.module()(torch.randn(3, 4, 3, 3)).shape
+    torch.Size([3, 5, 2])
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import pickle
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_floating
+
+__all__ = [
+    "add_export_arguments",
+    "export_checkpoint",
+    "export_onnx",
+    "export_program",
+    "load_checkpoint_model",
+    "onnx_max_error",
+    "run_export_command",
+    "run_onnx",
+]
+
+#: The lowest opset accepted: the ``torch.export``-based exporter writes 18 and up natively, and
+#: its down-conversion to 17 silently keeps 18 for LGRLHead graphs (torch 2.13, onnxscript 0.7).
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+
+
+def _require(module: str, purpose: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{purpose} needs {module}, which is not installed: pip install 'landmark-graph[export]'"
+        ) from error
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block, the previous mode of every submodule after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _example(example_input: Tensor, dynamic_batch: bool) -> Tensor:
+    """Check the example input; with a dynamic batch, give it two rows.
+
+    ``torch.export`` specialises a dimension whose example size is 0 or 1, so a batch of one
+    would freeze the batch size into the graph.
+    """
+    check_floating("example_input", example_input)
+    if example_input.dim() < 1 or example_input.shape[0] < 1:
+        raise ValueError(
+            f"example_input must be a batch (B, ...) with B >= 1, got shape {tuple(example_input.shape)}"
+        )
+    if dynamic_batch and example_input.shape[0] == 1:
+        example_input = example_input.expand(2, *example_input.shape[1:])
+    return example_input.contiguous()
+
+
+def _materialize(model: nn.Module, example: Tensor) -> None:
+    """One call initialises lazy layers, which cannot be traced before (in eval mode, no state changes)."""
+    with torch.no_grad():
+        model(example)
+
+
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch")
+
+
+def export_program(
+    model: nn.Module, example_input: Tensor, *, dynamic_batch: bool = True, strict: bool = False
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on ``example_input``, in eval mode.
+
+    Args:
+        model: maps ``Tensor[B, ...]`` to a tensor, e.g. a backbone + :class:`LGRLHead`.
+        example_input: ``Tensor[B, ...]``, ``B >= 1``; sizes other than ``B`` are fixed in the
+            exported graph.
+        dynamic_batch: export ``B`` as a symbolic dimension.
+        strict: forwarded to :func:`torch.export.export`.
+
+    Returns:
+        The :class:`torch.export.ExportedProgram`; ``.module()`` runs it.
+    """
+    example = _example(example_input, dynamic_batch)
+    shapes = ({0: _batch_dim()},) if dynamic_batch else None
+    with _eval_mode(model):
+        _materialize(model, example)
+        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=strict)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_input: Tensor,
+    *,
+    opset_version: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    input_name: str = "input",
+    output_name: str = "landmarks",
+) -> Path:
+    """Write ``model`` as one self-contained ONNX file (weights inside), in eval mode.
+
+    Uses the ``torch.export``-based exporter (``torch.onnx.export(dynamo=True)``, which needs
+    ``onnxscript``): while it traces, the fused op emits its decomposition into standard ops. The
+    legacy TorchScript exporter, deprecated by PyTorch, is not supported.
+
+    Args:
+        model: maps ``Tensor[B, ...]`` to one tensor.
+        path: output ``.onnx`` file; its folder is created.
+        example_input: ``Tensor[B, ...]``, ``B >= 1``; sizes other than ``B`` are fixed.
+        opset_version: ONNX opset, ``>= 18``.
+        dynamic_batch: keep ``B`` symbolic (ONNX dimension named ``"batch"``).
+        input_name, output_name: names of the graph's input and output.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or opset_version < MIN_OPSET:
+        raise ValueError(f"opset_version must be an int >= {MIN_OPSET}, got {opset_version!r}")
+    _require("onnxscript", "ONNX export")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = _example(example_input, dynamic_batch)
+    with _eval_mode(model), warnings.catch_warnings():
+        _materialize(model, example)
+        # PyTorch's own exporter internals, nothing the caller can act on.
+        warnings.filterwarnings("ignore", r".*LeafSpec", FutureWarning)
+        # external_data=False: one file, the weights inside (ONNX's protobuf limit is 2 GiB).
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=opset_version,
+            input_names=[input_name], output_names=[output_name],
+            dynamic_shapes=({0: _batch_dim()},) if dynamic_batch else None,
+            external_data=False, verbose=False,
+        )
+    return path
+
+
+def run_onnx(path: str | Path, inputs: Tensor) -> Tensor:
+    """Run an exported file with ONNX Runtime on CPU: ``Tensor[B, ...]`` in, first output out."""
+    ort = _require("onnxruntime", "running an ONNX file")
+    check_floating("inputs", inputs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: inputs.detach().cpu().contiguous().numpy()}
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
+def onnx_max_error(model: nn.Module, path: str | Path, inputs: Tensor) -> float:
+    r""":math:`\max |f_\text{ONNX}(x) - f_\text{torch}(x)|` over ``inputs``, the model in eval mode."""
+    with _eval_mode(model), torch.no_grad():
+        expected = model(inputs)
+    return float((run_onnx(path, inputs) - expected.cpu()).abs().max())
+
+
+# --- checkpoints and the command line ------------------------------------------------------
+
+ModelBuilder = Callable[[dict[str, Any]], nn.Module]
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path, build_model: ModelBuilder | None = None
+) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """The model in a checkpoint file, and the input shape ``(C, H, W)`` it records if any.
+
+    Accepted layouts: a checkpoint of ``landmark-graph train`` (``"config"`` + ``"model"``
+    weights; the input is ``(3, S, S)`` images); a whole module saved with ``torch.save(model)``;
+    a dict whose ``"model"`` is a module; a dict with the weights in ``"state_dict"`` (or
+    ``"model"``) that ``build_model(checkpoint_dict)`` turns back into a module.
+    ``"input_shape"`` in a dict gives the input shape without the batch.
+
+    Files of tensors load with ``weights_only=True``; a saved module needs full unpickling,
+    which runs code from the file: only use files you trust.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"checkpoint must be an existing file, got {str(path)!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickled module, not only tensors
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "config" in obj and isinstance(obj.get("model"), dict):
+        from .training import model_from_checkpoint  # lazy: training pulls in the data sets
+
+        model, config = model_from_checkpoint(path)
+        return model, (3, config.image_size, config.image_size)
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a model or a dict")
+    shape = tuple(int(s) for s in obj["input_shape"]) if "input_shape" in obj else None
+    if isinstance(obj.get("model"), nn.Module):
+        return obj["model"], shape
+    weights = obj.get("state_dict", obj.get("model"))
+    if build_model is None or not isinstance(weights, dict):
+        raise ValueError(
+            f"checkpoint {str(path)!r} has keys {sorted(obj)}: expected a saved module, a dict with a "
+            "module under 'model', or weights under 'state_dict' plus a model builder"
+        )
+    model = build_model(obj)
+    model.load_state_dict(weights)
+    return model, shape
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    input_shape: Sequence[int] | None = None,
+    build_model: ModelBuilder | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+    **onnx_options: Any,
+) -> float | None:
+    """Export the model of ``checkpoint`` to ``output`` (ONNX); see :func:`export_onnx`.
+
+    ``input_shape`` ``(C, H, W)`` overrides the one recorded in the checkpoint. With ``check``,
+    ONNX Runtime reruns a random batch and the largest difference to PyTorch is returned;
+    ``RuntimeError`` when it exceeds ``atol``. ``None`` without ``check``.
+    """
+    model, saved_shape = load_checkpoint_model(checkpoint, build_model)
+    shape = tuple(input_shape) if input_shape is not None else saved_shape
+    if shape is None or len(shape) < 1 or any(not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(
+            f"input_shape must be given as positive sizes without the batch, e.g. (3, 256, 256), "
+            f"when the checkpoint does not record it; got {shape!r}"
+        )
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *shape, generator=generator).to(dtype)
+    export_onnx(model, output, example, **onnx_options)
+    if not check:
+        return None
+    error = onnx_max_error(model, output, torch.randn(2, *shape, generator=generator).to(dtype))
+    if not error <= atol:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {error:.3g} > atol={atol:g} on {output}")
+    return error
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``landmark-graph export CHECKPOINT OUTPUT``."""
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint of train, or a saved model")
+    parser.add_argument("output", type=Path, help="ONNX file to write")
+    parser.add_argument(
+        "--input-shape", type=int, nargs="+", metavar="SIZE",
+        help="input size without the batch, e.g. 3 256 256 (default: recorded in the checkpoint)",
+    )
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 2")
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX Runtime error")
+    return parser
+
+
+def run_export_command(args: argparse.Namespace, build_model: ModelBuilder | None = None) -> int:
+    """Export a checkpoint to ONNX, checked against PyTorch with ONNX Runtime.
+
+    Runs ``landmark-graph export`` with parsed ``args``; prints one line, returns the exit code.
+    """
+    check = not args.no_check and importlib.util.find_spec("onnxruntime") is not None
+    error = export_checkpoint(
+        args.checkpoint, args.output, input_shape=args.input_shape, build_model=build_model,
+        check=check, atol=args.atol, opset_version=args.opset, dynamic_batch=not args.static_batch,
+    )
+    verdict = (f"ONNX Runtime max abs error {error:.2e}" if error is not None
+               else "not checked (--no-check or onnxruntime missing)")
+    print(f"wrote {args.output}; {verdict}")
+    return 0
