@@ -9,6 +9,7 @@ Every loss takes ``pred`` and ``target`` ``Tensor[B, N, 2]`` and an optional vis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -86,6 +87,10 @@ def soft_wing_loss(
     Linear for small errors, logarithmic for medium and large ones. The defaults are tuned for
     pixel units of a 256x256 crop.
 
+    Shape:
+        ``pred``, ``target``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or ``None``;
+        output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
+
     Example:
         >>> import torch
         >>> pred = torch.tensor([[[1.0, 0.0]]])
@@ -118,6 +123,10 @@ def wing_loss(
         \begin{cases} \omega \ln(1 + |x|/\epsilon) & |x| < \omega \\
         |x| - C & \text{otherwise}\end{cases},
         \qquad C = \omega - \omega \ln(1 + \omega/\epsilon)
+
+    Shape:
+        ``pred``, ``target``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or ``None``;
+        output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
 
     Example:
         >>> import torch
@@ -168,7 +177,7 @@ def relative_location_loss(
     laplacian: Tensor,
     mask: Tensor | None = None,
     *,
-    criterion=None,
+    criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Relative location loss (eq. 6-8): a loss on the Laplacian coordinates :math:`\Delta = L P`.

@@ -225,6 +225,10 @@ def _errors(errors: Tensor | np.ndarray | Sequence[float], threshold: float) -> 
 def failure_rate(errors: Tensor | np.ndarray | Sequence[float], threshold: float = 0.1) -> float:
     r"""Share of images whose error exceeds ``threshold``: :math:`\frac1n \#\{j : e_j > T\}`.
 
+    Args:
+        errors: ``Tensor[B]`` per-image errors; arrays and sequences too.
+        threshold: :math:`T`.
+
     Example:
         >>> failure_rate([0.02, 0.1, 0.15, 0.3])
         0.5
@@ -243,6 +247,10 @@ def auc(errors: Tensor | np.ndarray | Sequence[float], threshold: float = 0.1) -
         \mathrm{AUC}_T = \frac{1}{nT} \sum_{j} \max(0,\, T - e_j).
 
     Ties need no care, errors at or above :math:`T` add nothing, and a perfect set scores 1.
+
+    Args:
+        errors: ``Tensor[B]`` per-image errors (for example :func:`nme`); arrays and sequences too.
+        threshold: :math:`T`.
 
     Example:
         >>> round(auc([0.0, 0.05, 0.2]), 12)  # (0.1 + 0.05 + 0) / (3 * 0.1)
@@ -310,6 +318,10 @@ class LandmarkEvaluator:
 
     Subsets are named boolean masks over each batch (WFLW attributes, say); a subset missing
     from an update counts those images as outside it.
+
+    Shape:
+        - ``update(pred, target, subsets=None)``: ``Tensor[B, N, 2]`` each, subsets
+          ``{name: BoolTensor[B]}``.
 
     Example:
         >>> from landmark_graph.schemes import get_scheme

@@ -487,6 +487,8 @@ BUILTIN_SCHEMES: tuple[str, ...] = ("wflw98", "300w68", "cofw29")
 def register_scheme(scheme: LandmarkScheme, *, overwrite: bool = False) -> LandmarkScheme:
     """Add a custom scheme to :data:`SCHEMES` (validated); return it.
 
+    The scheme's ``template`` has shape ``(N, 2)``, its ``mirror`` is a permutation of ``range(N)``.
+
     Raises:
         ValueError: the name is taken and ``overwrite`` is false, or it names a built-in scheme.
 
@@ -515,6 +517,11 @@ def get_scheme(name: str | LandmarkScheme) -> LandmarkScheme:
     Raises:
         ValueError: unknown name; the message lists the registered ones.
         TypeError: ``name`` is neither a string nor a scheme.
+
+    Example:
+        >>> scheme = get_scheme("wflw98")
+        >>> scheme.num_points, scheme.inter_ocular, scheme.template.shape
+        (98, (60, 72), (98, 2))
     """
     if isinstance(name, LandmarkScheme):
         return name
