@@ -1,13 +1,373 @@
-"""``neighbor_aggregate``: the one sparse op every graph layer runs."""
+r"""``neighbor_aggregate``: the one sparse op every graph layer runs (SPEC §5).
+
+Two operators are registered with :mod:`torch.library` under the ``landmark_graph`` namespace:
+
+- ``landmark_graph::aggregate(x, weight, index, reverse_index, reverse_slot, forward_slot)``:
+  :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`.
+- ``landmark_graph::edge_dot(a, x, index, reverse_index, reverse_slot, forward_slot)``:
+  :math:`e_{b,i,k} = \langle a_{b,i}, x_{b,\mathrm{idx}_{i,k}} \rangle` (the weight gradient).
+
+Both are :func:`torch.library.triton_op` s: on CUDA (and on CPU tensors under
+``TRITON_INTERPRET=1`` with ``LANDMARK_GRAPH_BACKEND=triton``) they launch the Triton kernels of
+:mod:`._triton_kernels` through :func:`torch.library.wrap_triton`, elsewhere they run the PyTorch
+formulations of :mod:`._torch_impl`. Their backward passes (:func:`torch.library.register_autograd`)
+are made of the two ops again, so double backward works:
+
+.. math::
+    \partial x = \mathrm{aggregate}(\partial y,\ w^{\top},\ \mathrm{idx}^{\top}), \qquad
+    \partial w = \mathrm{edge\_dot}(\partial y,\ x,\ \mathrm{idx})
+
+with :math:`\mathrm{idx}^{\top}` the precomputed reverse table
+(:func:`~landmark_graph.ops.neighbor_table.reverse_table`): every gradient element is written by
+one program, with no atomics, so the backward pass is bitwise deterministic.
+
+Eager fast path: a call through the ``torch.library`` dispatcher costs 50-100 us of Python, more
+than the whole aggregation at ``B = 1`` on CPU. When nothing traces or intercepts (no
+``torch.compile``, export, fake tensors or dispatch mode), :func:`neighbor_aggregate` runs the same
+kernels through a :class:`torch.autograd.Function` with the same backward formulas; otherwise it
+calls the registered op. After the dense CPU formulation, a first-order backward reuses its matrix
+(``dx = A^T dy``); with ``create_graph=True`` the op-made backward runs.
+
+Backend: the environment variable ``LANDMARK_GRAPH_BACKEND`` (read at each call):
+``auto`` (default: Triton for CUDA tensors when Triton imports, else PyTorch), ``torch`` or
+``triton`` (falls back to PyTorch, with one warning, when Triton is missing or the tensors are
+on CPU without ``TRITON_INTERPRET=1``).
+
+Export: while :func:`torch.export.export` (and so ``torch.onnx.export(..., dynamo=True)``) traces,
+:func:`neighbor_aggregate` emits the plain decomposition (:func:`aggregate_reference`: gather,
+multiply, sum) instead of the op, so exported programs hold standard ops only. A program that
+holds the op anyway (from a direct ``torch.ops.landmark_graph.aggregate`` call) decomposes with
+``ep.run_decompositions(export_decompositions())``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch._library.triton import set_wrap_triton_enabled
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils.flop_counter import register_flop_formula
 
-from .neighbor_table import NeighborTable
+from ._torch_impl import (
+    _autocast_on,
+    aggregate_reference,
+    aggregate_torch,
+    aggregate_torch_keep,
+    edge_dot_reference,
+    edge_dot_torch,
+)
+from .neighbor_table import NeighborTable, reverse_table
 
-__all__ = ["neighbor_aggregate"]
+__all__ = ["BACKENDS", "backend", "export_decompositions", "neighbor_aggregate"]
+
+BACKENDS = ("auto", "torch", "triton")
+_BACKEND_ENV = "LANDMARK_GRAPH_BACKEND"
+_warned: set[str] = set()
+_triton_state: dict[str, Any] = {}
+
+
+def backend() -> str:
+    """The requested backend, from ``LANDMARK_GRAPH_BACKEND`` (``auto`` when unset)."""
+    value = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{_BACKEND_ENV} must be one of {BACKENDS}, got {value!r}")
+    return value
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _kernels() -> Any:
+    """The Triton kernel module, or ``None`` when Triton cannot be imported (cached)."""
+    if "module" not in _triton_state:
+        try:
+            from . import _triton_kernels
+        except ImportError as err:  # no triton, or a broken one
+            _triton_state["module"] = None
+            _triton_state["error"] = err
+        else:
+            _triton_state["module"] = _triton_kernels
+    return _triton_state["module"]
+
+
+def _use_triton(x: Tensor) -> bool:
+    choice = backend()
+    if choice == "torch" or x.device.type not in ("cuda", "cpu"):
+        return False
+    if choice == "auto" and x.device.type != "cuda":
+        return False
+    kernels = _kernels()
+    if kernels is None:
+        if choice == "triton":
+            _warn_once("missing", f"{_BACKEND_ENV}=triton but triton cannot be imported "
+                       f"({_triton_state['error']}); using the PyTorch backend")
+        return False
+    if x.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1" and kernels.INTERPRETED:
+            # The interpreter runs real CPU tensors only; fake ones trace the torch formulation.
+            return not is_fake(x)
+        _warn_once("cpu", f"{_BACKEND_ENV}=triton runs CPU tensors only under the Triton "
+                   "interpreter (TRITON_INTERPRET=1, set before triton is imported); using the "
+                   "PyTorch backend")
+        return False
+    if kernels.INTERPRETED:
+        _warn_once("interp", "the Triton kernels were built for the interpreter "
+                   "(TRITON_INTERPRET=1), which cannot run CUDA tensors; using the PyTorch backend")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# The operators.
+
+
+@triton_op("landmark_graph::aggregate", mutates_args=())
+def _aggregate_op(
+    x: Tensor, weight: Tensor, index: Tensor,
+    reverse_index: Tensor, reverse_slot: Tensor, forward_slot: Tensor,
+) -> Tensor:
+    if _use_triton(x):
+        return _kernels().aggregate(x, weight.to(x.dtype), index)
+    return aggregate_torch(x, weight, index)
+
+
+@triton_op("landmark_graph::edge_dot", mutates_args=())
+def _edge_dot_op(
+    a: Tensor, x: Tensor, index: Tensor,
+    reverse_index: Tensor, reverse_slot: Tensor, forward_slot: Tensor,
+) -> Tensor:
+    if _use_triton(x):
+        return _kernels().edge_dot(a.to(x.dtype), x, index)
+    return edge_dot_torch(a, x, index)
+
+
+# Eager fast path. A call through the torch.library op costs ~50-100 us of Python dispatch
+# (autograd wrapper, dynamo guard, HOP bypass), more than the whole aggregation at B = 1. In
+# plain eager mode the same kernels run through a torch.autograd.Function with the same backward
+# formulas instead; whenever something traces or intercepts (torch.compile, export, fake tensors,
+# a dispatch mode such as FlopCounterMode), the registered op runs, so tracers see it.
+
+
+def _eager(x: Tensor) -> bool:
+    return not (
+        torch.compiler.is_compiling()
+        or is_fake(x)
+        or _get_current_dispatch_mode() is not None
+        or torch._is_functional_tensor(x)
+    )
+
+
+def _aggregate_direct(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
+    if _use_triton(x):
+        with set_wrap_triton_enabled(False):
+            return _kernels().aggregate(x, weight.to(x.dtype), index)
+    return aggregate_torch(x, weight, index)
+
+
+def _edge_dot_direct(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
+    if _use_triton(x):
+        with set_wrap_triton_enabled(False):
+            return _kernels().edge_dot(a.to(x.dtype), x, index)
+    return edge_dot_torch(a, x, index)
+
+
+class _AggregateFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight, *tables)
+        ctx.dense = None
+        if _use_triton(x):
+            with set_wrap_triton_enabled(False):
+                return _kernels().aggregate(x, weight.to(x.dtype), tables[0])
+        y, ctx.dense = aggregate_torch_keep(x, weight, tables[0])
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        dense, ctx.dense = ctx.dense, None
+        if dense is not None and not torch.is_grad_enabled() and ctx.needs_input_grad[0]:
+            # First-order backward after the dense CPU formulation: dx = A^T dy with the matrix
+            # the forward built (one bmm, deterministic). With create_graph=True the backward
+            # below, made of the op again, runs instead, so double backward stays available.
+            x, weight, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
+            with torch.autocast(x.device.type, enabled=False) if _autocast_on(x.device.type) \
+                    else contextlib.nullcontext():
+                a_t = dense.transpose(-1, -2)
+                dx = torch.matmul(a_t[0], grad) if weight.dim() == 2 else torch.bmm(a_t, grad)
+            dw = None
+            if ctx.needs_input_grad[1]:
+                dw = _edge_dot(grad, x, index, rev_index, rev_slot, fwd_slot)
+                dw = (dw.sum(dim=0) if weight.dim() == 2 else dw).to(weight.dtype)
+            return dx.to(x.dtype), dw, None, None, None, None
+        return _aggregate_backward(ctx, grad)
+
+
+class _EdgeDotFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, x: Tensor, *tables: Tensor) -> Tensor:
+        ctx.save_for_backward(a, x, *tables)
+        return _edge_dot_direct(a, x, tables[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return _edge_dot_backward(ctx, grad)
+
+
+def _needs_graph(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _aggregate(x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
+    """The ``aggregate`` op, through the eager fast path when nothing traces."""
+    if not _eager(x):
+        return _aggregate_op(x, weight, *tables)
+    if _needs_graph(x, weight):
+        return _AggregateFn.apply(x, weight, *tables)
+    return _aggregate_direct(x, weight, tables[0])
+
+
+def _edge_dot(a: Tensor, x: Tensor, *tables: Tensor) -> Tensor:
+    """The ``edge_dot`` op, through the eager fast path when nothing traces."""
+    if not _eager(x):
+        return _edge_dot_op(a, x, *tables)
+    if _needs_graph(a, x):
+        return _EdgeDotFn.apply(a, x, *tables)
+    return _edge_dot_direct(a, x, tables[0])
+
+
+def _to_reverse(weight: Tensor, reverse_slot: Tensor) -> Tensor:
+    """Per-edge values ``(..., N, K)`` laid out along the reverse table: ``(..., N, R)``, 0 pads."""
+    flat = F.pad(weight.flatten(-2), (0, 1))
+    if flat.device.type == "cpu" and not torch.compiler.is_compiling():
+        # index_select is several times faster than advanced indexing on CPU.
+        return flat.index_select(-1, reverse_slot.reshape(-1)).view(*flat.shape[:-1], *reverse_slot.shape)
+    # Elsewhere advanced indexing: its backward (index_put with accumulate) is deterministic.
+    return flat[..., reverse_slot]
+
+
+def _setup(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _aggregate_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, weight, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
+    dx = dw = None
+    if ctx.needs_input_grad[0]:
+        dx = _aggregate(grad, _to_reverse(weight, rev_slot), rev_index, index, fwd_slot, rev_slot)
+    if ctx.needs_input_grad[1]:
+        dw = _edge_dot(grad, x, index, rev_index, rev_slot, fwd_slot)
+        if weight.dim() == 2:
+            dw = dw.sum(dim=0)
+        dw = dw.to(weight.dtype)
+    return dx, dw, None, None, None, None
+
+
+def _edge_dot_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    a, x, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
+    da = dx = None
+    if ctx.needs_input_grad[0]:
+        da = _aggregate(x, grad, index, rev_index, rev_slot, fwd_slot).to(a.dtype)
+    if ctx.needs_input_grad[1]:
+        dx = _aggregate(a, _to_reverse(grad, rev_slot), rev_index, index, fwd_slot, rev_slot)
+        dx = dx.to(x.dtype)
+    return da, dx, None, None, None, None
+
+
+_aggregate_op.register_autograd(_aggregate_backward, setup_context=_setup)
+_edge_dot_op.register_autograd(_edge_dot_backward, setup_context=_setup)
+
+
+@register_flop_formula([torch.ops.landmark_graph.aggregate, torch.ops.landmark_graph.edge_dot])
+def _flops(first_shape: Any, x_shape: Any, index_shape: Any, *_: Any, **__: Any) -> int:
+    """``2 B N K D`` for both ops (a multiply and an add per table slot and feature), so that
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts the sparse work, not the dense
+    product a CPU formulation may run."""
+    b, n, d = first_shape
+    return 2 * b * n * index_shape[1] * d
+
+
+def _aggregate_decomposition(x: Tensor, weight: Tensor, index: Tensor, *_: Tensor) -> Tensor:
+    return aggregate_reference(x, weight, index)
+
+
+def _edge_dot_decomposition(a: Tensor, x: Tensor, index: Tensor, *_: Tensor) -> Tensor:
+    return edge_dot_reference(a, x, index)
+
+
+def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
+    """Decompositions of the two ops into standard ops, for ``ExportedProgram.run_decompositions``.
+
+    Example:
+        >>> sorted(op.__name__ for op in export_decompositions())
+        ['aggregate.default', 'edge_dot.default']
+
+    Use: ``torch.export.export(module, args).run_decompositions(export_decompositions())``.
+    """
+    return {
+        torch.ops.landmark_graph.aggregate.default: _aggregate_decomposition,
+        torch.ops.landmark_graph.edge_dot.default: _edge_dot_decomposition,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The public function.
+
+
+def _check_inputs(x: object, weight: object, index: object) -> tuple[Tensor, Tensor, Tensor]:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if isinstance(index, NeighborTable):
+        idx = index.index
+    elif isinstance(index, Tensor):
+        idx = index
+    else:
+        raise TypeError(f"index must be a LongTensor (N, K) or a NeighborTable, got {type(index).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating point tensor, got dtype {weight.dtype}")
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"index must be an integer tensor (N, K), got dtype {idx.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(x.shape)}")
+    if idx.dim() != 2:
+        raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx.shape)}")
+    b, n, _ = x.shape
+    if idx.shape[0] != n:
+        raise ValueError(f"index has {idx.shape[0]} rows (N, K) but x has N={n} nodes (B, N, D)")
+    k = idx.shape[1]
+    if weight.dim() == 2:
+        if tuple(weight.shape) != (n, k):
+            raise ValueError(f"weight must have shape (N, K) = ({n}, {k}) or (B, N, K) = "
+                             f"({b}, {n}, {k}), got {tuple(weight.shape)}")
+    elif weight.dim() != 3 or tuple(weight.shape) != (b, n, k):
+        raise ValueError(f"weight must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = "
+                         f"({n}, {k}), got {tuple(weight.shape)}")
+    for name, t in (("weight", weight), ("index", idx)):
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device"
+                             + (" (NeighborTable moves with its module: call .to(device))"
+                                if name == "index" and isinstance(index, NeighborTable) else ""))
+    if weight.dtype != x.dtype:
+        if not _autocast_on(x.device.type):
+            raise TypeError(f"weight has dtype {weight.dtype} but x has {x.dtype}; cast one of them "
+                            "(under torch.autocast the op computes in x's dtype)")
+        weight = weight.to(x.dtype)
+    return x, weight, idx
 
 
 def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -18,18 +378,48 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
 
     slots with :math:`\mathrm{idx}_{i,k} = -1` are skipped.
 
+    Runs the ``landmark_graph::aggregate`` operator (Triton on CUDA, the fastest PyTorch
+    formulation for the shape on CPU; see the module docs). Differentiable to ``x`` and
+    ``weight``, twice; traceable by ``torch.compile(fullgraph=True)``; exportable.
+
     Args:
-        x: ``Tensor[B, N, D]`` node features.
-        weight: ``Tensor[B, N, K]`` per-image edge weights, or ``Tensor[N, K]`` shared by all.
-        index: ``LongTensor[N, K]`` neighbour table (``-1`` pads) or a :class:`NeighborTable`.
+        x: ``Tensor[B, N, D]`` node features, floating point.
+        weight: ``Tensor[B, N, K]`` per-image edge weights, or ``Tensor[N, K]`` shared by all
+            (its gradient is then summed over the batch). Same dtype as ``x``; under
+            ``torch.autocast`` it is cast to ``x``'s dtype, the dtype the op computes in.
+        index: a :class:`NeighborTable` (its reverse table is precomputed: the fast path, and
+            the one ``torch.compile`` needs), or a ``LongTensor[N, K]`` neighbour table
+            (``-1`` pads), checked and reversed at each call.
 
     Returns:
-        ``Tensor[B, N, D]``.
+        ``Tensor[B, N, D]`` in ``x``'s dtype.
+
+    Raises:
+        TypeError: non-tensor or integer ``x``/``weight``, non-integer ``index``, ``weight``
+            of another floating dtype outside autocast.
+        ValueError: wrong shapes, tensors on different devices, an index outside
+            ``[-1, N)``, an unknown ``LANDMARK_GRAPH_BACKEND``.
+
+    Example:
+        >>> import torch
+        >>> idx = torch.tensor([[0, 1], [1, -1]])
+        >>> x = torch.tensor([[[1.0], [10.0]]])
+        >>> neighbor_aggregate(x, torch.tensor([[0.5, 0.5], [2.0, 7.0]]), idx).tolist()
+        [[[5.5], [20.0]]]
     """
-    idx = index.index if isinstance(index, NeighborTable) else index
-    valid = idx >= 0
-    gathered = x[:, idx.clamp(min=0)]  # (B, N, K, D)
-    w = weight.masked_fill(~valid, 0) if weight.dim() == 2 else weight.masked_fill(~valid[None], 0)
-    if w.dim() == 2:
-        w = w.expand(x.shape[0], -1, -1)
-    return torch.einsum("bnk,bnkd->bnd", w, gathered)
+    x, weight, idx = _check_inputs(x, weight, index)
+    backend()  # a bad LANDMARK_GRAPH_BACKEND fails here, before any kernel
+    if torch.compiler.is_exporting():
+        return aggregate_reference(x, weight, idx)
+    if isinstance(index, NeighborTable):
+        return _aggregate(x, weight, *index.tables)
+    if idx.dtype != torch.long:
+        idx = idx.long()
+    if torch.compiler.is_compiling():
+        # The reverse table of a raw index is data-dependent: trace the plain decomposition.
+        return aggregate_reference(x, weight, idx)
+    n = x.shape[1]
+    if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
+        bad = idx[(idx < -1) | (idx >= n)]
+        raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got {bad[:5].tolist()}")
+    return _aggregate(x, weight, idx, *reverse_table(idx, n))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..adjacency import check_adjacency
 
-__all__ = ["NeighborTable", "mask_to_index"]
+__all__ = ["NeighborTable", "mask_to_index", "reverse_table"]
 
 
 def mask_to_index(mask: Tensor) -> Tensor:
@@ -27,11 +27,61 @@ def mask_to_index(mask: Tensor) -> Tensor:
     return torch.where(slot < degree[:, None], cols, torch.full_like(cols, -1))
 
 
+def reverse_table(index: Tensor, num_nodes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The transpose of a neighbour table, as needed by the backward pass of the aggregation.
+
+    With ``index`` an ``(N, K)`` table (``-1`` pads) and ``R`` the largest number of times any node
+    appears in it (at least 1):
+
+    - ``reverse_index`` ``LongTensor[N, R]``: row ``j`` lists the receivers ``i`` that read node
+      ``j``, in ascending order of the slot ``i * K + k`` that holds ``j``; ``-1`` pads.
+    - ``reverse_slot`` ``LongTensor[N, R]``: that slot ``i * K + k`` of ``index`` (``N * K`` pads),
+      so ``pad(w.flatten(-2), (0, 1))[..., reverse_slot]`` lays per-edge weights out along
+      ``reverse_index``.
+    - ``forward_slot`` ``LongTensor[N, K]``: the inverse map, slot ``j * R + r`` of the reverse table
+      for each slot of ``index`` (``N * R`` pads).
+
+    Every edge appears once in each table, so the backward pass needs no atomics.
+
+    Example:
+        >>> idx = torch.tensor([[0, 1], [1, -1], [0, 2]])
+        >>> rev, slot, fwd = reverse_table(idx)
+        >>> rev.tolist(), slot.tolist(), fwd.tolist()
+        ([[0, 2], [0, 1], [2, -1]], [[0, 4], [1, 2], [5, 6]], [[0, 2], [3, 6], [1, 4]])
+    """
+    n_rows, k = index.shape
+    n = n_rows if num_nodes is None else num_nodes
+    device = index.device
+    flat = index.reshape(-1)
+    valid = flat >= 0
+    pos = torch.arange(flat.numel(), device=device)[valid]
+    target = flat[valid]
+    # A stable sort by target keeps each node's readers in ascending slot order.
+    order = torch.sort(target, stable=True).indices
+    target, pos = target[order], pos[order]
+    counts = torch.bincount(target, minlength=n)
+    r_max = max(int(counts.max()) if counts.numel() else 0, 1)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(target.numel(), device=device) - starts[target]
+    reverse_index = torch.full((n, r_max), -1, dtype=torch.long, device=device)
+    reverse_slot = torch.full((n, r_max), n_rows * k, dtype=torch.long, device=device)
+    reverse_index[target, rank] = pos // max(k, 1)
+    reverse_slot[target, rank] = pos
+    forward_slot = torch.full((n_rows * k,), n * r_max, dtype=torch.long, device=device)
+    forward_slot[pos] = target * r_max + rank
+    return reverse_index, reverse_slot, forward_slot.view(n_rows, k)
+
+
+_REVERSE_NAMES = ("reverse_index", "reverse_slot", "forward_slot")
+
+
 class NeighborTable(nn.Module):
     """A graph's ``(N, K)`` neighbour table, built once and moved with the model.
 
-    The boolean mask is the persistent state (it is saved in ``state_dict``); the index table is
-    derived from it, so it is rebuilt, not stored.
+    The boolean mask is the persistent state (it is saved in ``state_dict``); the index table and
+    its reverse (:func:`reverse_table`, used by the backward pass of
+    :func:`~landmark_graph.ops.neighbor_aggregate`) are derived from it, so they are rebuilt, not
+    stored, and move with the module (``.to(device)``).
 
     Args:
         adjacency: ``BoolTensor[N, N]`` (or any tensor whose nonzeros are edges), rows are
@@ -41,6 +91,7 @@ class NeighborTable(nn.Module):
         adjacency: ``BoolTensor[N, N]``.
         index: ``LongTensor[N, K]``, row ``i`` lists the senders of node ``i`` in ascending
             order, ``-1`` pads rows of lower degree.
+        reverse_index, reverse_slot, forward_slot: the reverse table (:func:`reverse_table`).
 
     Example:
         >>> table = NeighborTable(torch.eye(3, dtype=torch.bool) | torch.eye(3, dtype=torch.bool).roll(1, 1))
@@ -50,12 +101,28 @@ class NeighborTable(nn.Module):
 
     adjacency: Tensor
     index: Tensor
+    reverse_index: Tensor
+    reverse_slot: Tensor
+    forward_slot: Tensor
 
     def __init__(self, adjacency: Tensor) -> None:
         super().__init__()
         mask = check_adjacency(adjacency)
         self.register_buffer("adjacency", mask)
         self.register_buffer("index", mask_to_index(mask), persistent=False)
+        for name, value in zip(_REVERSE_NAMES, reverse_table(self.index), strict=True):
+            self.register_buffer(name, value, persistent=False)
+
+    def _rebuild(self) -> None:
+        self.index = mask_to_index(self.adjacency)
+        for name, value in zip(_REVERSE_NAMES, reverse_table(self.index), strict=True):
+            setattr(self, name, value)
+
+    @property
+    def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(index, reverse_index, reverse_slot, forward_slot)``, the arguments of the op."""
+        b = self._buffers  # direct: nn.Module.__getattr__ costs ~1 us a buffer, per layer call
+        return b["index"], b["reverse_index"], b["reverse_slot"], b["forward_slot"]
 
     @property
     def num_nodes(self) -> int:
@@ -79,7 +146,7 @@ class NeighborTable(nn.Module):
             )
         device = self.adjacency.device
         self.adjacency = mask.to(device)
-        self.index = mask_to_index(self.adjacency)
+        self._rebuild()
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
@@ -103,7 +170,7 @@ class NeighborTable(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        self.index = mask_to_index(self.adjacency)
+        self._rebuild()
 
     def extra_repr(self) -> str:
         return f"num_nodes={self.num_nodes}, max_degree={self.max_degree}, edges={int(self.valid.sum())}"

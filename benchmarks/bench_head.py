@@ -1,0 +1,249 @@
+"""Benchmark LGRLHead's graph layers against the authors' dense formulation, plus whole heads.
+
+Reports, for N = 98 landmarks on an 8 x 8 backbone map (I = n*H*W = 256, F = 128, 4 blocks):
+
+1. Graph layers (everything after map-to-node), forward + backward at B = 64: LGRLHead with
+   dynamic (default) and static edge weights vs the same layers written the authors' way
+   (``_authors_head.AuthorsGraphLayers``: dense masked softmax over N x N, separate
+   self/neighbour weights, 10 graph convolutions). Target: >= 1.5x.
+2. Whole heads (same map-to-node convolutions), forward + backward at B = 64.
+3. Latency (eval mode, forward only) at B = 1 and B = 64: LGRLHead, FCHead, the authors' head.
+4. Parameters and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per image) of LGRLHead,
+   FCHead and the authors' head, next to SPEC §4's formula for the graph layers.
+
+Usage::
+
+    python benchmarks/bench_head.py [--device cuda] [--threads 1 --clock cpu] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _authors_head import AuthorsDenseHead
+
+from landmark_graph import FCHead, LGRLHead
+
+N, K_NEIGHBOURS, C, HW, EXPANSION, F, BLOCKS = 98, 3, 512, 8, 4, 128, 4
+I = EXPANSION * HW * HW  # noqa: E741
+CLOCK = time.perf_counter
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], device: torch.device, budget: float) -> dict[str, float]:
+    """Median seconds per call; every function runs once per round, so load hits all alike."""
+    for fn in fns.values():
+        fn()
+        fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - start < budget and rounds < 100):
+        for name, fn in fns.items():
+            t0 = CLOCK()
+            fn()
+            _sync(device)
+            samples[name].append(CLOCK() - t0)
+        rounds += 1
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def graph_part(head: LGRLHead) -> Callable[[torch.Tensor], torch.Tensor]:
+    """LGRLHead.forward after map-to-node (dynamic weights from the same context, SPEC §3)."""
+
+    def run(nodes: torch.Tensor) -> torch.Tensor:
+        weights = None
+        if head.dynamic is not None:
+            b, n = nodes.shape[:2]
+            context = nodes.view(b, n, EXPANSION, nodes.shape[-1] // EXPANSION).mean(dim=-1).flatten(1)
+            weights = head.dynamic(context)
+        h = head.input_conv(nodes, weights)
+        for block in head.blocks:
+            h = block(h, weights)
+        return head.output_conv(h, weights)
+
+    return run
+
+
+def fwd_bwd(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor,
+            grad: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        inp.grad = None
+        fn(inp).backward(grad)
+
+    return step
+
+
+def forward_only(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            fn(inp)
+
+    return step
+
+
+def flops(fn: Callable[[], torch.Tensor]) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def spec_formula(n: int, k: int, i: int, f: int, blocks: int, o: int = 2) -> int:
+    """SPEC §4: 2N(K+F)I + (2*2*blocks)N(K+F)F + 2N(K+O)F, K = k + 1."""
+    kk = k + 1
+    return 2 * n * (kk + f) * i + 2 * 2 * blocks * n * (kk + f) * f + 2 * n * (kk + o) * f
+
+
+def build(device: torch.device) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    heads: dict[str, nn.Module] = {
+        "LGRLHead-dynamic": LGRLHead(N, K_NEIGHBOURS, in_channels=C, hidden_features=F, num_blocks=BLOCKS,
+                                     expansion=EXPANSION, edge_weights="dynamic"),
+        "LGRLHead-static": LGRLHead(N, K_NEIGHBOURS, in_channels=C, hidden_features=F, num_blocks=BLOCKS,
+                                    expansion=EXPANSION, edge_weights="static"),
+    }
+    mask = heads["LGRLHead-dynamic"].adjacency
+    heads["authors-dense"] = AuthorsDenseHead(
+        mask, C, HW * HW, EXPANSION, hidden_features=F, num_blocks=BLOCKS
+    )
+    heads["FCHead"] = FCHead(N, in_channels=C)
+    probe = torch.randn(2, C, HW, HW)
+    for head in heads.values():
+        head(probe)  # materialise lazy layers
+    return {name: head.to(device) for name, head in heads.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per table")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = {"device": str(device), "threads": torch.get_num_threads(), "clock": args.clock,
+            "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "backend": os.environ.get("LANDMARK_GRAPH_BACKEND", "auto"),
+            "shape": {"N": N, "k": K_NEIGHBOURS, "C": C, "H=W": HW, "I": I, "F": F, "blocks": BLOCKS}}
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+    print(f"# bench_head  {meta}")
+    heads = build(device)
+    result: dict = {"meta": meta}
+    b = args.batch
+    g = torch.Generator().manual_seed(1)
+
+    # 1. graph layers, fwd+bwd
+    nodes = torch.randn(b, N, I, generator=g).to(device).requires_grad_()
+    grad = torch.randn(b, N, 2, generator=g).to(device)
+    mask = heads["LGRLHead-dynamic"].adjacency
+    authors_graph = heads["authors-dense"].graph
+    layer_fns = {
+        name: fwd_bwd(heads[name], graph_part(heads[name]), nodes, grad)
+        for name in ("LGRLHead-dynamic", "LGRLHead-static")
+    }
+    layer_fns["authors-dense"] = fwd_bwd(authors_graph, authors_graph, nodes, grad)
+    for head in heads.values():
+        head.train()
+    times = interleaved(layer_fns, device, args.budget)
+    print(f"\n## graph layers (after map-to-node), fwd+bwd, B={b}, N={N}, I={I}, F={F}")
+    layers = {}
+    for name, t in times.items():
+        ratio = times["authors-dense"] / t
+        layers[name] = {"seconds": t, "speedup_vs_authors": ratio}
+        print(f"  {name:18s} {t * 1e3:9.2f} ms   authors/this = {ratio:5.2f}x")
+    result["graph_layers_fwd_bwd"] = layers
+
+    # 2. whole heads, fwd+bwd
+    features = torch.randn(b, C, HW, HW, generator=g).to(device).requires_grad_()
+    whole_fns = {name: fwd_bwd(head, head, features, torch.randn(b, N, 2, generator=g).to(device))
+                 for name, head in heads.items()}
+    times = interleaved(whole_fns, device, args.budget)
+    print(f"\n## whole heads (same map-to-node), fwd+bwd, B={b}")
+    whole = {}
+    for name, t in times.items():
+        ratio = times["authors-dense"] / t
+        whole[name] = {"seconds": t, "speedup_vs_authors": ratio}
+        print(f"  {name:18s} {t * 1e3:9.2f} ms   authors/this = {ratio:5.2f}x")
+    result["whole_head_fwd_bwd"] = whole
+
+    # 3. latency, eval
+    for head in heads.values():
+        head.eval()
+    result["latency_eval"] = {}
+    for batch in (1, b):
+        inp = torch.randn(batch, C, HW, HW, generator=g).to(device)
+        times = interleaved({name: forward_only(head, inp) for name, head in heads.items()}, device,
+                            args.budget / 2)
+        print(f"\n## latency, eval forward, B={batch}")
+        for name, t in times.items():
+            print(f"  {name:18s} {t * 1e3:9.3f} ms")
+        result["latency_eval"][f"B={batch}"] = {name: t for name, t in times.items()}
+
+    # 4. parameters and FLOPs per image
+    one = torch.randn(1, C, HW, HW).to(device)
+    one_nodes = torch.randn(1, N, I).to(device)
+    formula = spec_formula(N, K_NEIGHBOURS, I, F, BLOCKS)
+    print(f"\n## parameters and FLOPs per image (FlopCounterMode; SPEC §4 graph-layer formula: "
+          f"{formula / 1e6:.2f} MFLOP)")
+    counts = {}
+    for name, head in heads.items():
+        entry = {"parameters": params(head), "flops_whole": flops(lambda h=head: h(one))}
+        if name.startswith("LGRLHead"):
+            entry["flops_graph_layers"] = flops(lambda h=head: graph_part(h)(one_nodes))
+            entry["parameters_graph_layers"] = params(head) - params(head.map_to_node)
+        elif name == "authors-dense":
+            entry["flops_graph_layers"] = flops(lambda: authors_graph(one_nodes))
+            entry["parameters_graph_layers"] = params(authors_graph)
+        counts[name] = entry
+        graph = entry.get("flops_graph_layers")
+        print(f"  {name:18s} params {entry['parameters'] / 1e6:7.3f}M  "
+              f"whole {entry['flops_whole'] / 1e6:9.2f} MFLOP"
+              + (f"  graph layers {graph / 1e6:7.2f} MFLOP ({graph / formula:4.2f} x formula), "
+                 f"{entry['parameters_graph_layers'] / 1e6:.3f}M params" if graph else ""))
+    result["params_flops"] = counts
+    result["spec_formula_graph_flops"] = formula
+    mask_k = int(mask.sum(1).max())
+    result["note"] = (f"graph K = {mask_k} slots per row; LGRLHead aggregates on the narrower side "
+                      "(I -> F: linear first), so it counts less than the formula's 2NKI")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The aggregation and its weight gradient in plain PyTorch ops (CPU, and any device without Triton).
+
+Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its weight gradient
+``e[b,i,k] = <a[b,i], x[b, idx[i,k]]>``), chosen per shape by :func:`choose_formulation`:
+
+- ``"dense"``: scatter the weights into a ``(B, N, N)`` matrix, then one ``bmm``. ``N / K`` times
+  more arithmetic than needed, but a BLAS call is hard to beat at the sizes of a landmark graph.
+- ``"sparse"``: the ``B`` graphs as one block-diagonal CSR matrix (``torch.sparse.mm``; for the
+  weight gradient ``torch.sparse.sampled_addmm``): the least arithmetic, wins at large ``N * D``.
+- ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: for
+  narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
+
+All three give the same numbers up to float rounding. Padding slots (``idx = -1``) are masked
+to weight 0 and read node 0, so they add nothing (a non-finite feature is the exception: the
+dense product multiplies every feature by a weight, zero or not). Each formulation is
+deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+__all__ = [
+    "FORMULATIONS",
+    "aggregate_reference",
+    "aggregate_torch",
+    "choose_formulation",
+    "edge_dot_reference",
+    "edge_dot_torch",
+]
+
+FORMULATIONS = ("dense", "sparse", "gather")
+
+# Benchmarks (and curious users) can pin one formulation; "auto" picks per shape.
+_FORCE_ENV = "LANDMARK_GRAPH_CPU_FORMULATION"
+
+
+def _forced() -> str | None:
+    value = os.environ.get(_FORCE_ENV, "auto").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in FORMULATIONS:
+        raise ValueError(f"{_FORCE_ENV} must be 'auto' or one of {FORMULATIONS}, got {value!r}")
+    return value
+
+
+def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tracing: bool,
+                       device: torch.device, op: str = "aggregate", shared: bool = False) -> str:
+    """The formulation for one call; ``tracing`` (fake tensors, compile, export) forces ``"dense"``.
+
+    The rule comes from ``benchmarks/bench_aggregate.py --formulations`` on a shared 2-core x86
+    CPU (MKL), whose timings moved by 2x with the load of other jobs, so the boundaries are
+    rough: the dense ``bmm`` wins while ``N`` is small; the block-diagonal CSR product is level
+    with it around ``N = 68`` and ahead at ``N = 98`` with a large batch (and for the weight
+    gradient, ``sampled_addmm``, from ``N ~ 64``); a plain gather wins for narrow features.
+    """
+    if tracing:
+        return "dense"
+    forced = _forced()
+    if forced is not None:
+        return forced
+    if device.type != "cpu":
+        # cuSPARSE and friends were not measured: the dense product is a safe GPU default.
+        return "dense"
+    if features <= 8:
+        # Narrow features (the F -> 2 output layer): the setup of the other two dominates.
+        return "gather" if nodes > 48 else "dense"
+    if op == "edge_dot":
+        # sampled_addmm computes only the B*N*K needed dots, the dense bmm all B*N*N.
+        return "sparse" if nodes >= 64 and batch >= 16 else "dense"
+    if nodes >= 96 and batch * features >= 16384 and not shared:
+        return "sparse"
+    return "dense"
+
+
+def _masked(weight: Tensor, valid: Tensor) -> Tensor:
+    return weight.masked_fill(~valid, 0) if weight.dim() == 2 else weight.masked_fill(~valid[None], 0)
+
+
+def _is_tracing(t: Tensor) -> bool:
+    return bool(is_fake(t)) or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+class _TableInfo:
+    """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
+
+    __slots__ = ("csr", "edges", "has_padding", "padded_to", "safe", "valid", "version")
+
+    def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
+        self.version = index._version
+        self.valid = index >= 0
+        self.safe = index.clamp(min=0)
+        # Padding slots scatter into an extra column ``n`` that the dense product drops.
+        self.padded_to = torch.where(self.valid, index, n)
+        self.has_padding = True if tracing else bool((~self.valid).any())
+        self.edges = -1 if tracing else int(self.valid.sum())  # used slots, for the CSR paths
+        self.csr: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def block_csr(self, batch: int, values: Tensor) -> Tensor:
+        """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
+        if batch not in self.csr:
+            n = self.valid.shape[0]
+            cols = self.safe[self.valid]  # row-major: each row's neighbours in table order
+            offsets = torch.arange(batch, device=cols.device) * n
+            crow = torch.zeros(batch * n + 1, dtype=torch.long, device=cols.device)
+            torch.cumsum(self.valid.sum(dim=1).repeat(batch), 0, out=crow[1:])
+            if len(self.csr) >= 8:
+                self.csr.pop(next(iter(self.csr)))
+            self.csr[batch] = (crow, (cols[None, :] + offsets[:, None]).reshape(-1))
+        crow, cols = self.csr[batch]
+        size = crow.numel() - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, cols, values, (size, size), check_invariants=False)
+
+    def edge_values(self, weight: Tensor, batch: int) -> Tensor:
+        """The weights of the used slots, image by image, row-major: CSR ``values``."""
+        if weight.dim() == 2:
+            used = weight[self.valid] if self.has_padding else weight.reshape(-1)
+            return used.repeat(batch)
+        return (weight[:, self.valid] if self.has_padding else weight).reshape(-1)
+
+
+def _table_info(index: Tensor, n: int, tracing: bool) -> _TableInfo:
+    if tracing:
+        return _TableInfo(index, n, tracing=True)
+    info = getattr(index, "_landmark_graph_info", None)
+    if info is None or info.version != index._version or info.valid.shape[0] != n:
+        info = _TableInfo(index, n, tracing=False)
+        index._landmark_graph_info = info
+    return info
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta, ...)
+        return False
+
+
+def _no_autocast(fn):
+    """Run ``fn`` in the dtype of its inputs: autocast would otherwise recast the inner ``bmm``."""
+
+    def wrapper(first: Tensor, *args: Tensor) -> Tensor:
+        if not _autocast_on(first.device.type):
+            return fn(first, *args)
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(first, *args)
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@_no_autocast
+def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
+    """``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` with ``weight`` ``(B,N,K)`` or ``(N,K)``."""
+    return aggregate_torch_keep(x, weight, index)[0]
+
+
+@_no_autocast
+def aggregate_torch_keep(x: Tensor, weight: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
+    """:func:`aggregate_torch`, plus the ``(B or 1, N, N)`` matrix when the dense formulation ran
+    (the eager backward reuses it: ``dx = A^T dy``), else ``None``."""
+    b, n, d = x.shape
+    k = index.shape[1]
+    if weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    if b == 0 or n == 0 or d == 0 or k == 0:
+        return x.new_zeros(b, n, d), None
+    tracing = _is_tracing(x)
+    shared = weight.dim() == 2
+    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared)
+    info = _table_info(index, n, tracing)
+    if form == "dense":
+        wb = weight[None] if shared else weight
+        m = wb.shape[0]
+        dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
+        dense = dense[:, :, :n]
+        if shared:
+            return torch.matmul(dense[0], x), dense
+        return torch.bmm(dense, x), dense
+    if form == "sparse":
+        matrix = info.block_csr(b, info.edge_values(weight, b))
+        return torch.sparse.mm(matrix, x.reshape(b * n, d)).view(b, n, d), None
+    # gather
+    w = _masked(weight, info.valid) if info.has_padding else weight
+    gathered = x.index_select(1, info.safe.reshape(-1)).view(b * n, k, d)
+    wb = w.expand(b, n, k) if shared else w
+    return torch.bmm(wb.reshape(b * n, 1, k), gathered).view(b, n, d), None
+
+
+@_no_autocast
+def edge_dot_torch(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
+    """``e[b,i,k] = <a[b,i], x[b, idx[i,k]]>``, zero on padding slots; ``(B, N, K)``."""
+    b, n, d = x.shape
+    k = index.shape[1]
+    if a.dtype != x.dtype:
+        a = a.to(x.dtype)
+    if b == 0 or n == 0 or d == 0 or k == 0:
+        return x.new_zeros(b, n, k)
+    tracing = _is_tracing(x)
+    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, op="edge_dot")
+    info = _table_info(index, n, tracing)
+    if form == "dense":
+        scores = torch.bmm(a, x.transpose(1, 2))  # (B, N, N)
+        out = scores.gather(2, info.safe.expand(b, n, k))
+    elif form == "sparse":
+        pattern = info.block_csr(b, x.new_ones(b * info.edges))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sampled = torch.sparse.sampled_addmm(
+                pattern, a.reshape(b * n, d), x.reshape(b * n, d).t(), beta=0.0
+            ).values()
+        if not info.has_padding:
+            return sampled.view(b, n, k)
+        out = x.new_zeros(b, n, k)
+        out[:, info.valid] = sampled.view(b, -1)
+        return out
+    else:
+        gathered = x.index_select(1, info.safe.reshape(-1)).view(b * n, k, d)
+        out = torch.bmm(gathered, a.reshape(b * n, d, 1)).view(b, n, k)
+    return out.masked_fill(~info.valid[None], 0) if info.has_padding else out
+
+
+def aggregate_reference(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
+    """The op in the plainest standard ops (gather, multiply, sum): the export decomposition."""
+    valid = index >= 0
+    w = _masked(weight.to(x.dtype), valid)
+    gathered = x[:, index.clamp(min=0)]  # (B, N, K, D)
+    return (w.unsqueeze(-1) * gathered).sum(dim=2)
+
+
+def edge_dot_reference(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
+    """:func:`edge_dot_torch` in the plainest standard ops."""
+    valid = index >= 0
+    gathered = x[:, index.clamp(min=0)]  # (B, N, K, D)
+    out = (gathered * a.to(x.dtype).unsqueeze(2)).sum(dim=-1)
+    return out.masked_fill(~valid, 0)

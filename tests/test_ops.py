@@ -1,0 +1,375 @@
+"""The fused neighbour aggregation (``landmark_graph.ops``): values, gradients, registration,
+compile and export, bad input. The Triton path runs in ``test_ops_triton.py`` (interpreter) and
+``test_ops_cuda.py`` (GPU)."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import landmark_graph as lg
+from landmark_graph.ops import NeighborTable, export_decompositions, neighbor_aggregate, reverse_table
+from landmark_graph.ops import aggregate as agg_mod
+from landmark_graph.ops._torch_impl import FORMULATIONS
+
+OPS = (torch.ops.landmark_graph.aggregate.default, torch.ops.landmark_graph.edge_dot.default)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_torch_backend(monkeypatch):
+    # Tiny bmm calls on an oversubscribed 2-core box wait for OpenMP peers; one thread is fast.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "torch")
+    monkeypatch.delenv("LANDMARK_GRAPH_CPU_FORMULATION", raising=False)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_index(n: int, k: int, seed: int, pad: float = 0.3) -> torch.Tensor:
+    """A raw ``(N, K)`` table: random senders (repeats allowed), ``-1`` in random slots."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n, k), generator=g)
+    idx[torch.rand(n, k, generator=g) < pad] = -1
+    return idx
+
+
+def random_table(n: int, seed: int, k: int = 3) -> NeighborTable:
+    """A symmetrised top-k graph: degrees vary, so rows are padded."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(n, n, generator=g)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask.scatter_(1, scores.topk(min(k, n), dim=1).indices, True)
+    return NeighborTable(mask | mask.T)
+
+
+def dense_reference(x, w, idx):
+    """``(B, N, N)`` float64 matrix of the edge weights (repeated edges add up), times ``x``."""
+    b, n, _ = x.shape
+    valid = idx >= 0
+    rows = torch.arange(n)[:, None].expand_as(idx)
+    flat = (rows * n + idx)[valid]  # entry (i, j) of each used slot
+    w = w.double().expand(b, *idx.shape)[:, valid]
+    dense = torch.zeros(b, n * n, dtype=torch.float64).index_add(1, flat, w)
+    return dense.view(b, n, n) @ x.double()
+
+
+@pytest.mark.parametrize("n", [1, 29, 68, 98])
+@pytest.mark.parametrize("k", [1, 4, 7])
+@pytest.mark.parametrize("b", [0, 1, 64])
+def test_matches_dense_reference_values_and_grads(n, k, b):
+    seed = n * 100 + k * 10 + b
+    idx = random_index(n, k, seed)
+    g = torch.Generator().manual_seed(seed)
+    d = 5
+    x = torch.randn(b, n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    for shared in (False, True):
+        w = torch.randn(*(() if shared else (b,)), n, k, generator=g, dtype=torch.float64,
+                        requires_grad=True)
+        out = neighbor_aggregate(x, w, idx)
+        ref = dense_reference(x, w, idx)
+        assert out.shape == (b, n, d) and out.dtype == torch.float64
+        torch.testing.assert_close(out, ref)
+        grad = torch.randn(b, n, d, generator=g, dtype=torch.float64)
+        gx, gw = torch.autograd.grad(out, (x, w), grad)
+        rx, rw = torch.autograd.grad(ref, (x, w), grad, allow_unused=True, materialize_grads=True)
+        torch.testing.assert_close(gx, rx)
+        torch.testing.assert_close(gw, rw)
+
+
+@pytest.mark.parametrize("form", FORMULATIONS)
+@pytest.mark.parametrize("n, d", [(29, 2), (98, 40)])
+def test_every_cpu_formulation_agrees(monkeypatch, form, n, d):
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", form)
+    g = torch.Generator().manual_seed(n + d)
+    for index in (random_index(n, 7, n), random_table(n, n)):
+        idx = index.index if isinstance(index, NeighborTable) else index
+        x = torch.randn(3, n, d, generator=g, requires_grad=True)
+        for shared in (False, True):
+            w = torch.randn(*(() if shared else (3,)), *idx.shape, generator=g, requires_grad=True)
+            out = neighbor_aggregate(x, w, index)
+            ref = dense_reference(x.detach(), w.detach(), idx).float()
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            grad = torch.randn_like(out)
+            gx, gw = torch.autograd.grad(out, (x, w), grad)
+            xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+            rx, rw = torch.autograd.grad(dense_reference(xd, wd, idx), (xd, wd), grad.double(),
+                                         allow_unused=True, materialize_grads=True)
+            torch.testing.assert_close(gx, rx.float(), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(gw, rw.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
+def test_gradcheck_and_gradgradcheck_float64(shared):
+    table = random_table(7, 0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*(() if shared else (2,)), *table.index.shape, generator=g, dtype=torch.float64,
+                    requires_grad=True)
+    fn = lambda x, w: neighbor_aggregate(x, w, table)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_opcheck_both_ops():
+    table = random_table(9, 2)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 9, 4, generator=g, requires_grad=True)
+    a = torch.randn(3, 9, 4, generator=g, requires_grad=True)
+    w = torch.randn(3, *table.index.shape, generator=g, requires_grad=True)
+    cases = [
+        (OPS[0], (x, w, *table.tables)),
+        (OPS[0], (x, w[0].detach().requires_grad_(), *table.tables)),
+        (OPS[1], (a, x, *table.tables)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_non_contiguous_inputs():
+    n, k, d = 11, 4, 6
+    idx = random_index(n, k, 3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, d, n, generator=g).transpose(1, 2).requires_grad_()  # strides (d*n, 1, n)
+    w = torch.randn(2, n, 2 * k, generator=g)[:, :, ::2].requires_grad_()
+    idx_t = idx.t().contiguous().t()
+    assert not (x.is_contiguous() or w.is_contiguous() or idx_t.is_contiguous())
+    out = neighbor_aggregate(x, w, idx_t)
+    torch.testing.assert_close(out, dense_reference(x.detach(), w.detach(), idx).float())
+    grad = torch.randn(2, d, n).transpose(1, 2)  # a non-contiguous incoming gradient too
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    xc, wc = x.detach().contiguous().requires_grad_(), w.detach().contiguous().requires_grad_()
+    rx, rw = torch.autograd.grad(neighbor_aggregate(xc, wc, idx), (xc, wc), grad.contiguous())
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_backward_is_bitwise_deterministic():
+    table = random_table(98, 4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 98, 32, generator=g, requires_grad=True)
+    w = torch.randn(8, *table.index.shape, generator=g, requires_grad=True)
+    grad = torch.randn(8, 98, 32, generator=g)
+    runs = [torch.autograd.grad(neighbor_aggregate(x, w, table), (x, w), grad) for _ in range(3)]
+    for gx, gw in runs[1:]:
+        assert torch.equal(gx, runs[0][0]) and torch.equal(gw, runs[0][1])
+
+
+def test_reverse_table_lists_every_edge_once():
+    idx = random_index(13, 5, 5)
+    rev, slot, fwd = reverse_table(idx)
+    n, k = idx.shape
+    r = rev.shape[1]
+    seen = []
+    for j, q in itertools.product(range(n), range(r)):
+        if rev[j, q] >= 0:
+            i, kk = divmod(int(slot[j, q]), k)
+            assert i == rev[j, q] and idx[i, kk] == j and fwd[i, kk] == j * r + q
+            seen.append((i, kk))
+        else:
+            assert slot[j, q] == n * k
+    assert sorted(seen) == [tuple(p) for p in (idx >= 0).nonzero().tolist()]
+    assert (fwd[idx < 0] == n * r).all()
+
+
+def test_neighbor_table_reverse_buffers_follow_the_mask():
+    table = NeighborTable(lg.index_order_adjacency(10, 3))
+    assert set(table.state_dict()) == {"adjacency"}  # derived tables are rebuilt, not stored
+    for got, want in zip(table.tables[1:], reverse_table(table.index), strict=True):
+        assert torch.equal(got, want)
+    other = random_table(10, 6)
+    table.set_adjacency(other.adjacency)
+    assert torch.equal(table.reverse_index, other.reverse_index)
+    same_k = NeighborTable(lg.index_order_adjacency(10, 3))
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    same_k.set_adjacency(lg.index_order_adjacency(10, 3)[perm][:, perm])  # relabelled: same degrees
+    target = NeighborTable(lg.index_order_adjacency(10, 3))
+    target.load_state_dict(same_k.state_dict())
+    for got, want in zip(target.tables, same_k.tables, strict=True):
+        assert torch.equal(got, want)
+    moved = target.to("meta")
+    assert all(t.device.type == "meta" for t in moved.tables)
+
+
+def test_graph_layers_unchanged_against_a_dense_aggregation(monkeypatch):
+    import landmark_graph.graph_conv as graph_conv
+
+    head = lg.LGRLHead(num_landmarks=29, adjacency=random_table(29, 7).adjacency, in_channels=8,
+                       hidden_features=16, num_blocks=2, hidden_channels=8).eval()
+    features = torch.randn(3, 8, 4, 4)
+    out = head(features)
+
+    def dense(x, w, table):
+        return dense_reference(x, w, table.index).to(x.dtype)
+
+    monkeypatch.setattr(graph_conv, "neighbor_aggregate", dense)
+    torch.testing.assert_close(out, head(features), atol=1e-5, rtol=1e-5)
+
+
+def test_autocast_computes_in_the_dtype_of_x():
+    table = random_table(12, 8)
+    x = torch.randn(2, 12, 4)
+    w = torch.rand(2, *table.index.shape).bfloat16()
+    with pytest.raises(TypeError, match="weight"):
+        neighbor_aggregate(x, w, table)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = neighbor_aggregate(x, w, table)
+        half = neighbor_aggregate(x.bfloat16(), w.float(), table)
+    assert out.dtype == torch.float32 and half.dtype == torch.bfloat16
+    torch.testing.assert_close(out, neighbor_aggregate(x, w.float(), table))
+
+
+def test_empty_batch_and_shared_weight_gradient_is_summed():
+    table = random_table(6, 9)
+    x = torch.randn(0, 6, 3, requires_grad=True)
+    w = torch.randn(*table.index.shape, requires_grad=True)
+    out = neighbor_aggregate(x, w, table)
+    assert out.shape == (0, 6, 3)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    neighbor_aggregate(x, w.detach().requires_grad_(), table)  # shared (N, K)
+    per_image = w.detach().expand(4, -1, -1).clone().requires_grad_()
+    wg = w.detach().requires_grad_()
+    neighbor_aggregate(x, wg, table).sum().backward()
+    neighbor_aggregate(x, per_image, table).sum().backward()
+    torch.testing.assert_close(wg.grad, per_image.grad.sum(0))
+
+
+BAD = {
+    "x-int": lambda x, w, i: (x.long(), w, i),
+    "w-int": lambda x, w, i: (x, w.int(), i),
+    "x-list": lambda x, w, i: (x.tolist(), w, i),
+    "index-float": lambda x, w, i: (x, w, i.float()),
+    "index-list": lambda x, w, i: (x, w, i.tolist()),
+    "index-high": lambda x, w, i: (x, w, i.clamp(min=0) + 1),
+    "index-low": lambda x, w, i: (x, w, i - 2),
+    "index-rows": lambda x, w, i: (x, w, i[:3]),
+    "index-ndim": lambda x, w, i: (x, w, i[0]),
+    "w-shape": lambda x, w, i: (x, w[:, :, :2], i),
+    "w-batch": lambda x, w, i: (x, w[:1], i),
+    "x-ndim": lambda x, w, i: (x[0], w, i),
+    "w-dtype": lambda x, w, i: (x, w.double(), i),
+    "w-device": lambda x, w, i: (x, w.to("meta"), i),
+    "index-device": lambda x, w, i: (x, w, i.to("meta")),
+}
+BAD_ERROR = {"x-int": TypeError, "w-int": TypeError, "x-list": TypeError, "index-float": TypeError,
+             "index-list": TypeError, "w-dtype": TypeError}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+def test_bad_input_is_named_before_any_kernel(bad, monkeypatch):
+    table = NeighborTable(lg.index_order_adjacency(5, 2))
+    x, w = torch.randn(2, 5, 3), torch.rand(2, 5, 3)
+    args = BAD[bad](x, w, table.index)
+    calls = []
+    for name in ("aggregate_torch", "edge_dot_torch"):
+        monkeypatch.setattr(agg_mod, name, lambda *a, **k: calls.append(a))
+    with pytest.raises(BAD_ERROR.get(bad, ValueError), match=bad.split("-")[0]):
+        neighbor_aggregate(*args)
+    assert not calls
+
+
+def test_backend_variable(monkeypatch):
+    table = random_table(6, 10)
+    x, w = torch.randn(2, 6, 3), torch.rand(2, *table.index.shape)
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="LANDMARK_GRAPH_BACKEND"):
+        neighbor_aggregate(x, w, table)
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "auto")
+    want = neighbor_aggregate(x, w, table)  # CPU tensors: auto means torch
+    # triton asked for, but not importable: one warning, then the PyTorch path.
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "triton")
+    monkeypatch.setattr(agg_mod, "_triton_state", {"module": None, "error": ImportError("no triton")})
+    monkeypatch.setattr(agg_mod, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="cannot be imported"):
+        torch.testing.assert_close(neighbor_aggregate(x, w, table), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        neighbor_aggregate(x, w, table)  # only once
+
+
+def test_flop_counter_counts_the_sparse_work():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    table = random_table(20, 11)
+    x = torch.randn(3, 20, 8, requires_grad=True)
+    w = torch.rand(3, *table.index.shape, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        neighbor_aggregate(x, w, table).sum().backward()
+    k = table.max_degree
+    # forward 2BNKD, backward: dx (2BNRD over the reverse table) and dw (2BNKD)
+    r = table.reverse_index.shape[1]
+    assert counter.get_total_flops() == 2 * 3 * 20 * 8 * (k + r + k)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_traces_through_the_op():
+    table = random_table(16, 12)
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = table
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, x, w):
+            return neighbor_aggregate(self.linear(x), w, self.table)
+
+    layer = Layer()
+    x = torch.randn(4, 16, 8, requires_grad=True)
+    w = torch.rand(4, *table.index.shape, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    out = compiled(x, w)
+    ref = layer(x, w)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (x, w))
+    refs = torch.autograd.grad(ref.square().sum(), (x, w))
+    for got, want in zip(grads, refs, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, table, direct=False):
+        super().__init__()
+        self.table, self.direct = table, direct
+
+    def forward(self, x, w):
+        if self.direct:  # the raw op, which export keeps as is
+            return torch.ops.landmark_graph.aggregate(x, w, *self.table.tables)
+        return neighbor_aggregate(x, w, self.table)
+
+
+def test_torch_export_emits_standard_ops():
+    table = random_table(10, 13)
+    x, w = torch.randn(2, 10, 4), torch.rand(2, *table.index.shape)
+    layer = _Layer(table)
+    batch = torch.export.Dim("batch", min=1)
+    ep = torch.export.export(layer, (x, w), dynamic_shapes=({0: batch}, {0: batch}))
+    assert "landmark_graph" not in str(ep.graph)
+    x5, w5 = torch.randn(5, 10, 4), torch.rand(5, *table.index.shape)
+    torch.testing.assert_close(ep.module()(x5, w5), layer(x5, w5))
+    # A program that holds the op decomposes with the table the library gives.
+    ep = torch.export.export(_Layer(table, direct=True), (x, w))
+    assert "landmark_graph.aggregate" in str(ep.graph)
+    ep = ep.run_decompositions(export_decompositions())
+    assert "landmark_graph" not in str(ep.graph)
+    torch.testing.assert_close(ep.module()(x, w), layer(x, w))
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    table = random_table(10, 14)
+    x, w = torch.randn(2, 10, 4), torch.rand(2, *table.index.shape)
+    layer = _Layer(table)
+    path = tmp_path / "agg.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (x, w), path, dynamo=True, opset_version=18, verbose=False)
+    session = ort.InferenceSession(str(path))
+    feeds = {i.name: v.numpy() for i, v in zip(session.get_inputs(), (x, w), strict=True)}
+    torch.testing.assert_close(torch.from_numpy(session.run(None, feeds)[0]), layer(x, w))

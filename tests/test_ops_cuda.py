@@ -1,0 +1,146 @@
+"""The Triton kernels of the aggregation on a GPU (skipped without CUDA; run by
+``benchmarks/gpu_check.sh``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_ops import dense_reference, random_index, random_table
+
+from landmark_graph.ops import aggregate as agg_mod
+from landmark_graph.ops import neighbor_aggregate
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2),
+       torch.float64: (1e-12, 1e-12)}
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "triton")
+    x = torch.zeros(1, device="cuda")
+    assert agg_mod._use_triton(x), "the Triton path is not taken on CUDA"
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("n, k, b, d", [(98, 7, 256, 128), (98, 4, 64, 2), (29, 4, 1, 256),
+                                         (68, 7, 0, 16), (1, 1, 3, 5)])
+def test_values_and_grads_match_a_float64_reference(dtype, n, k, b, d):
+    idx = random_index(n, k, n + k + b).cuda()
+    g = torch.Generator(device="cuda").manual_seed(n)
+    for shared in (False, True):
+        x = torch.randn(b, n, d, device="cuda", generator=g).to(dtype).requires_grad_()
+        w = torch.rand(*(() if shared else (b,)), n, k, device="cuda", generator=g).to(dtype)
+        w.requires_grad_()
+        out = neighbor_aggregate(x, w, idx)
+        assert out.dtype == dtype and out.shape == (b, n, d)
+        xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        ref = dense_reference(xd.cpu(), wd.cpu(), idx.cpu()).cuda()
+        atol, rtol = TOL[dtype]
+        torch.testing.assert_close(out.double(), ref, atol=atol * 4, rtol=rtol * 4)
+        grad = torch.randn(b, n, d, device="cuda", generator=g).to(dtype)
+        gx, gw = torch.autograd.grad(out, (x, w), grad)
+        xc, wc = xd.detach().cpu().requires_grad_(), wd.detach().cpu().requires_grad_()
+        rx, rw = torch.autograd.grad(dense_reference(xc, wc, idx.cpu()), (xc, wc), grad.double().cpu(),
+                                     allow_unused=True, materialize_grads=True)
+        torch.testing.assert_close(gx.double().cpu(), rx, atol=atol * 8, rtol=rtol * 8)
+        # dw sums D (shared weights: B * D) products: scale atol with their typical size.
+        scale = max(d * (b if shared else 1), 1) ** 0.5
+        torch.testing.assert_close(gw.double().cpu(), rw, atol=atol * 8 * scale, rtol=rtol * 8)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
+def test_gradcheck_and_gradgradcheck_float64(shared):
+    table = random_table(9, 0).cuda()
+    x = torch.randn(3, 9, 4, device="cuda", dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*(() if shared else (3,)), *table.index.shape, device="cuda", dtype=torch.float64,
+                    requires_grad=True)
+    fn = lambda x, w: neighbor_aggregate(x, w, table)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_opcheck_on_cuda():
+    table = random_table(20, 1).cuda()
+    x = torch.randn(4, 20, 8, device="cuda", requires_grad=True)
+    w = torch.rand(4, *table.index.shape, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.landmark_graph.aggregate.default, (x, w, *table.tables))
+    torch.library.opcheck(torch.ops.landmark_graph.edge_dot.default, (x, x.detach().clone(), *table.tables))
+
+
+def test_backward_is_bitwise_deterministic_and_matches_the_torch_backend(monkeypatch):
+    table = random_table(98, 2).cuda()
+    x = torch.randn(256, 98, 128, device="cuda", requires_grad=True)
+    w = torch.rand(256, *table.index.shape, device="cuda", requires_grad=True)
+    grad = torch.randn(256, 98, 128, device="cuda")
+    runs = [torch.autograd.grad(neighbor_aggregate(x, w, table), (x, w), grad) for _ in range(3)]
+    for gx, gw in runs[1:]:
+        assert torch.equal(gx, runs[0][0]) and torch.equal(gw, runs[0][1])
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "torch")
+    gx, gw = torch.autograd.grad(neighbor_aggregate(x, w, table), (x, w), grad)
+    torch.testing.assert_close(gx, runs[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gw, runs[0][1], atol=1e-3, rtol=1e-4)
+
+
+def test_non_contiguous_inputs():
+    table = random_table(29, 3).cuda()
+    x = torch.randn(8, 64, 29, device="cuda").transpose(1, 2).requires_grad_()
+    w = torch.rand(8, 29, 2 * table.max_degree, device="cuda")[:, :, ::2].requires_grad_()
+    out = neighbor_aggregate(x, w, table)
+    ref = neighbor_aggregate(x.detach().contiguous(), w.detach().contiguous(), table)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(8, 64, 29, device="cuda").transpose(1, 2)
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    xc, wc = x.detach().contiguous().requires_grad_(), w.detach().contiguous().requires_grad_()
+    rx, rw = torch.autograd.grad(neighbor_aggregate(xc, wc, table), (xc, wc), grad.contiguous())
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_no_batch_by_edges_by_features_tensor_is_materialised():
+    b, n, d = 256, 98, 128
+    table = random_table(n, 4).cuda()
+    k = table.max_degree
+    x = torch.randn(b, n, d, device="cuda", requires_grad=True)
+    w = torch.rand(b, n, k, device="cuda", requires_grad=True)
+    neighbor_aggregate(x, w, table).sum().backward()  # warm up
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    neighbor_aggregate(x, w, table).sum().backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < b * n * k * d * 4 / 2, f"{extra} bytes: a (B, N, K, D) tensor is {b * n * k * d * 4}"
+
+
+def test_autocast_graph_conv_runs_in_half_precision():
+    import landmark_graph as lg
+
+    conv = lg.GraphConv(32, 16, random_table(29, 5)).cuda()
+    x = torch.randn(4, 29, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = conv(x)
+    torch.testing.assert_close(out.float(), conv(x), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_uses_the_kernels():
+    table = random_table(98, 6).cuda()
+
+    def layer(x, w):
+        return neighbor_aggregate(x, w, table).relu()
+
+    x = torch.randn(16, 98, 64, device="cuda", requires_grad=True)
+    w = torch.rand(16, *table.index.shape, device="cuda", requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    out = compiled(x, w)
+    torch.testing.assert_close(out, layer(x, w))
+    grads = torch.autograd.grad(out.sum(), (x, w))
+    refs = torch.autograd.grad(layer(x, w).sum(), (x, w))
+    for got, want in zip(grads, refs, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
