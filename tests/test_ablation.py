@@ -1,0 +1,170 @@
+"""The ablation study script (benchmarks/ablation.py): grid, summaries, and end-to-end runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("ablation", None)
+
+
+def test_grid_covers_the_paper_claims(ablation):
+    studies = ablation.build_studies(98, ablation.FULL_K)
+    overrides = {name: [dict(v.overrides) for v in s.variants] for name, s in studies.items()}
+    assert {(o["head"], o["loss"]) for o in overrides["head_loss"]} == {
+        (h, loss) for h in ("fc", "lgrl") for loss in ("l1", "wing", "softwing")}
+    assert sorted(o["k"] for o in overrides["k"]) == [1, 3, 6, 20, 97]  # N-1 resolved
+    modes = {o.get("edge_weights", "dynamic") for o in overrides["edge_weights"]}
+    assert modes == {"dynamic", "static", "binary"}
+    assert {(o["head"], o["relative_weight"]) for o in overrides["relative"]} == {
+        (h, w) for h in ("fc", "lgrl") for w in (0.0, 1.0)}
+
+
+def test_shared_variants_are_trained_once(ablation):
+    studies = ablation.build_studies(29, (1, 3, "N-1"))
+    variants = ablation.unique_variants(studies)
+    keys = [v.key for v in variants]
+    assert len(keys) == len(set(keys))
+    # The base model (L-GRL, Soft Wing, dynamic, k = 3) is in every study but trained once.
+    base = {**ablation.BASE}
+    resolved = [{**base, **dict(v.overrides)} for v in variants]
+    assert resolved.count(base) == 1
+    for study in studies.values():
+        assert any({**base, **dict(v.overrides)} == base for v in study.variants)
+
+
+def test_share_bins_partition_zero_to_sixty_percent(ablation):
+    share = torch.arange(0, 99) / 98
+    bins = ablation.share_bins(share)
+    member = torch.stack(list(bins.values()))
+    inside = share <= 0.6 + 1e-9
+    assert torch.equal(member.sum(0), inside.long())  # each share up to 60 % in exactly one bin
+    lows = [0.0, *ablation.SHARE_EDGES[:-1]]
+    for (label, mask), low in zip(bins.items(), lows, strict=True):
+        if mask.any():
+            assert share[mask].min() >= low, label
+
+
+def test_spread_matches_statistics(ablation):
+    values = np.random.default_rng(0).random(5).tolist()
+    s = ablation.spread([*values, math.nan])  # non-finite values are left out
+    assert s["n"] == 5
+    assert s["mean"] == pytest.approx(statistics.fmean(values))
+    assert s["std"] == pytest.approx(np.std(values, ddof=1))
+    assert (s["min"], s["max"]) == (min(values), max(values))
+    assert ablation.spread([0.5])["std"] == 0.0
+    assert ablation.spread([])["n"] == 0
+
+
+@pytest.mark.parametrize("text", ["synthetic:/x", "wflw", "nope:/x"])
+def test_data_argument_names_the_problem(ablation, text, capsys):
+    with pytest.raises(SystemExit):
+        ablation.build_parser().parse_args(["--data", text])
+    assert "--data must be NAME:PATH" in capsys.readouterr().err
+
+
+def _finite_summary(summary, sets):
+    for name in sets:
+        for metric in ("nme", "fr", "auc"):
+            s = summary["metrics"][name][metric]
+            finite = all(math.isfinite(s[k]) for k in ("mean", "std", "min", "max"))
+            assert s["n"] >= 1 and finite, (name, metric)
+            assert s["min"] <= s["mean"] <= s["max"]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_complete_finite_reports(ablation, tmp_path, monkeypatch):
+    torch.set_num_threads(2)
+    assert ablation.main(["--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["meta"]["seeds"] == [0, 1]
+    assert set(results["studies"]) == {"head_loss", "relative", "edge_weights", "k"}
+    report = (tmp_path / "results.md").read_text()
+    for study in results["studies"].values():
+        assert study["title"] in report
+        for v in study["variants"]:
+            assert v["name"] in report
+            _finite_summary(v["summary"], ("clean", "occluded"))
+            assert v["summary"]["metrics"]["clean"]["nme"]["n"] == 2
+    sweep, counts = results["occlusion_sweep"], results["sweep_counts"]
+    assert set(sweep) == {v["name"] for v in results["studies"]["head_loss"]["variants"]}
+    assert sum(counts.values()) > 0
+    for head in sweep.values():
+        for which in ("all", "visible"):
+            for label, count in counts.items():
+                assert math.isfinite(head[which][label]["nme"]["mean"]) == (count > 0), (which, label)
+    assert {r["head"] for r in results["costs"]["rows"]} == {"FC", "L-GRL (dynamic)", "L-GRL (static)",
+                                                             "L-GRL (binary)"}
+    assert all(r["params"] > 0 and r["flops"] > 0 for r in results["costs"]["rows"])
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("occlusion", "k", "head_loss"))
+
+    # A second run with the same configuration reuses the saved runs instead of training.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ablation, "train", no_training)
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "runs").symlink_to(tmp_path / "runs")
+    ablation.main(["--quick", "--seeds", "0", "--studies", "k", "--out", str(again)])
+    rerun = json.loads((again / "results.json").read_text())
+    key = rerun["studies"]["k"]["variants"][0]["key"]
+    assert rerun["runs"][key]["0"] == results["runs"][key]["0"]
+
+
+def _write_wflw(root: Path, split: str, count: int, seed: int) -> None:
+    """A tiny WFLW-format set: synthetic faces saved as PNGs, a list file with box and flags."""
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes the fixture images")
+    from landmark_graph.data.synthetic import synthesize_face
+
+    (root / "WFLW_images" / split).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        face = synthesize_face("wflw98", seed, i, image_size=64)
+        pixels = (face["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        image_module.fromarray(pixels).save(root / "WFLW_images" / split / f"{i}.png")
+        pts = face["landmarks"].numpy()
+        box = [*np.floor(pts.min(0)).astype(int), *np.ceil(pts.max(0)).astype(int)]
+        flags = [0, 0, 0, 0, i % 2, 0]  # every other face flagged "occlusion"
+        fields = [*(f"{v:.3f}" for v in pts.ravel()), *map(str, box), *map(str, flags), f"{split}/{i}.png"]
+        lines.append(" ".join(fields))
+    (root / f"list_98pt_rect_attr_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_wflw_data_runs_the_same_study(ablation, tmp_path):
+    root = tmp_path / "WFLW"
+    _write_wflw(root, "train", 8, seed=1)
+    _write_wflw(root, "test", 4, seed=2)
+    out = tmp_path / "out"
+    args = ["--quick", "--data", f"wflw:{root}", "--studies", "k", "--k", "3", "--seeds", "0",
+            "--batch-size", "4", "--out", str(out)]
+    assert ablation.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["data"] == f"wflw:{root}"
+    (variant,) = results["studies"]["k"]["variants"]
+    _finite_summary(variant["summary"], ("test", "test/occlusion"))
+    assert variant["summary"]["metrics"]["test"]["nme"]["n"] == 1
+    run = results["runs"][variant["key"]]["0"]
+    assert run["metrics"]["test"]["count"] == 4 and run["metrics"]["test/occlusion"]["count"] == 2
+    assert "occlusion_sweep" not in results  # WFLW has no per-landmark occlusion flags
+    assert "test/occlusion NME" in (out / "results.md").read_text()
