@@ -138,6 +138,17 @@ def build(device: torch.device) -> dict[str, nn.Module]:
     return {name: head.to(device) for name, head in heads.items()}
 
 
+
+def _speedup_table(title: str, times: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Print ``times`` with each one's speed-up over the authors' dense head; return them."""
+    print(f"\n## {title}")
+    rows = {}
+    for name, t in times.items():
+        ratio = times["authors-dense"] / t
+        rows[name] = {"seconds": t, "speedup_vs_authors": ratio}
+        print(f"  {name:18s} {t * 1e3:9.2f} ms   authors/this = {ratio:5.2f}x")
+    return rows
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,26 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     for head in heads.values():
         head.train()
     times = interleaved(layer_fns, device, args.budget)
-    print(f"\n## graph layers (after map-to-node), fwd+bwd, B={b}, N={N}, I={I}, F={F}")
-    layers = {}
-    for name, t in times.items():
-        ratio = times["authors-dense"] / t
-        layers[name] = {"seconds": t, "speedup_vs_authors": ratio}
-        print(f"  {name:18s} {t * 1e3:9.2f} ms   authors/this = {ratio:5.2f}x")
-    result["graph_layers_fwd_bwd"] = layers
+    title = f"graph layers (after map-to-node), fwd+bwd, B={b}, N={N}, I={I}, F={F}"
+    result["graph_layers_fwd_bwd"] = _speedup_table(title, times)
 
     # 2. whole heads, fwd+bwd
     features = torch.randn(b, C, HW, HW, generator=g).to(device).requires_grad_()
     whole_fns = {name: fwd_bwd(head, head, features, torch.randn(b, N, 2, generator=g).to(device))
                  for name, head in heads.items()}
     times = interleaved(whole_fns, device, args.budget)
-    print(f"\n## whole heads (same map-to-node), fwd+bwd, B={b}")
-    whole = {}
-    for name, t in times.items():
-        ratio = times["authors-dense"] / t
-        whole[name] = {"seconds": t, "speedup_vs_authors": ratio}
-        print(f"  {name:18s} {t * 1e3:9.2f} ms   authors/this = {ratio:5.2f}x")
-    result["whole_head_fwd_bwd"] = whole
+    result["whole_head_fwd_bwd"] = _speedup_table(f"whole heads (same map-to-node), fwd+bwd, B={b}", times)
 
     # 3. latency, eval
     for head in heads.values():
