@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import itertools
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import add_arguments, interleaved, setup, sync
 
 from landmark_graph.edge_weights import edge_softmax
 from landmark_graph.ops import NeighborTable, neighbor_aggregate
@@ -71,11 +72,6 @@ def graph(n: int, k: int, seed: int = 0) -> NeighborTable:
     if table.max_degree != k:
         raise RuntimeError(f"graph builder made K={table.max_degree}, wanted {k}")
     return table
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_methods(table: NeighborTable, b: int, d: int, device: torch.device, dtype: torch.dtype,
@@ -166,49 +162,30 @@ def run_once(fn, mode: str, grad: torch.Tensor | None) -> None:
     torch.autograd.grad(out, used, grad, allow_unused=True)
 
 
-CLOCK = time.perf_counter
-
-
-def time_methods(methods, mode: str, device: torch.device, budget: float, grad) -> dict[str, float]:
-    """Median seconds per call, from interleaved rounds (``CLOCK``: wall or process CPU time)."""
+def time_methods(methods, mode: str, device: torch.device, budget: float, grad,
+                 clock: Callable[[], float]) -> dict[str, float]:
+    """Median seconds per call of the methods that run in this mode (interleaved rounds)."""
     usable = {}
     for name, fn in methods.items():
         try:
             for _ in range(2):
                 run_once(fn, mode, grad)
-            _sync(device)
-            usable[name] = fn
+            sync(device)
+            usable[name] = functools.partial(run_once, fn, mode, grad)
         except (RuntimeError, NotImplementedError) as err:  # e.g. no backward for CSR
             print(f"    {name} {mode}: not supported ({str(err).splitlines()[0][:80]})", file=sys.stderr)
-    # Calls per sample so that one sample lasts >= ~2 ms.
-    reps = {}
-    for name, fn in usable.items():
-        t0 = CLOCK()
-        run_once(fn, mode, grad)
-        _sync(device)
-        reps[name] = max(1, int(2e-3 / max(CLOCK() - t0, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in usable}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < 5 or (time.perf_counter() - start < budget and rounds < 200):
-        for name, fn in usable.items():
-            t0 = CLOCK()
-            for _ in range(reps[name]):
-                run_once(fn, mode, grad)
-            _sync(device)
-            samples[name].append((CLOCK() - t0) / reps[name])
-        rounds += 1
-    return {name: statistics.median(s) for name, s in samples.items()}
+    # Already warmed up; each sample lasts >= ~2 ms.
+    return interleaved(usable, device, budget, clock=clock, max_rounds=200, min_sample=2e-3, warmup=0)
 
 
 def peak_memory(fn, mode: str, device: torch.device, grad) -> int | None:
     if device.type != "cuda":
         return None
-    _sync(device)
+    sync(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     run_once(fn, mode, grad)
-    _sync(device)
+    sync(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 
@@ -227,13 +204,13 @@ def bandwidth_report(device: torch.device, dtype: torch.dtype) -> dict:
 
     def timed(fn, reps=20):
         fn()
-        _sync(device)
+        sync(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(reps):
             fn()
         end.record()
-        _sync(device)
+        sync(device)
         return start.elapsed_time(end) / 1e3 / reps
 
     t_op = timed(lambda: neighbor_aggregate(x, w, table))
@@ -256,35 +233,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="reduced grid: N 29/98, K 4/7, D 128, B 1/64")
-    parser.add_argument("--device", default="cpu")
+    add_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per shape and mode")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall: perf_counter; cpu: process CPU time, steadier on a shared "
-                             "machine (use with --threads 1: with more threads it adds theirs up)")
     parser.add_argument("--formulations", action="store_true",
                         help="also time the op with each CPU formulation pinned")
     parser.add_argument("--only", default=None, help="comma-separated N,K,D,B to run one shape")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device, clock, meta = setup(args)
     dtype = getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     grid = QUICK if args.quick else FULL
     shapes = list(itertools.product(grid["N"], grid["K"], grid["D"], grid["B"]))
     if args.only:
         shapes = [tuple(int(v) for v in args.only.split(","))]
     budget = args.budget if args.budget is not None else (0.4 if args.quick else 0.8)
-    meta = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-            "clock": args.clock,
-            "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "backend": os.environ.get("LANDMARK_GRAPH_BACKEND", "auto")}
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
+    meta["dtype"] = args.dtype
     print(f"# bench_aggregate  {meta}")
     records = []
     worst: dict[str, float] = {}
@@ -293,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = build_methods(table, b, d, device, dtype, args.formulations)
         for mode in ("fwd", "fwd+bwd"):
             grad = torch.randn(b, n, d, device=device, dtype=dtype)
-            times = time_methods(methods, mode, device, budget, grad)
+            times = time_methods(methods, mode, device, budget, grad, clock)
             t_op = times["op"]
             alternatives = {m: t for m, t in times.items() if m != "op" and not m.startswith("op[")}
             best_alt = min(alternatives, key=alternatives.get)

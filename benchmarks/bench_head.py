@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,37 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _authors_head import AuthorsDenseHead
+from _timing import add_arguments, interleaved, setup
 
 from landmark_graph import FCHead, LGRLHead
 
 N, K_NEIGHBOURS, C, HW, EXPANSION, F, BLOCKS = 98, 3, 512, 8, 4, 128, 4
 I = EXPANSION * HW * HW  # noqa: E741
-CLOCK = time.perf_counter
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict[str, Callable[[], None]], device: torch.device, budget: float) -> dict[str, float]:
-    """Median seconds per call; every function runs once per round, so load hits all alike."""
-    for fn in fns.values():
-        fn()
-        fn()
-    _sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < 5 or (time.perf_counter() - start < budget and rounds < 100):
-        for name, fn in fns.items():
-            t0 = CLOCK()
-            fn()
-            _sync(device)
-            samples[name].append(CLOCK() - t0)
-        rounds += 1
-    return {name: statistics.median(s) for name, s in samples.items()}
-
 
 def graph_part(head: LGRLHead) -> Callable[[torch.Tensor], torch.Tensor]:
     """LGRLHead.forward after map-to-node (dynamic weights from the same context, SPEC §3)."""
@@ -153,24 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
+    add_arguments(parser)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per table")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    meta = {"device": str(device), "threads": torch.get_num_threads(), "clock": args.clock,
-            "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "backend": os.environ.get("LANDMARK_GRAPH_BACKEND", "auto"),
-            "shape": {"N": N, "k": K_NEIGHBOURS, "C": C, "H=W": HW, "I": I, "F": F, "blocks": BLOCKS}}
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
+    device, clock, meta = setup(args)
+    meta["shape"] = {"N": N, "k": K_NEIGHBOURS, "C": C, "H=W": HW, "I": I, "F": F, "blocks": BLOCKS}
     print(f"# bench_head  {meta}")
     heads = build(device)
     result: dict = {"meta": meta}
@@ -189,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     layer_fns["authors-dense"] = fwd_bwd(authors_graph, authors_graph, nodes, grad)
     for head in heads.values():
         head.train()
-    times = interleaved(layer_fns, device, args.budget)
+    times = interleaved(layer_fns, device, args.budget, clock=clock)
     title = f"graph layers (after map-to-node), fwd+bwd, B={b}, N={N}, I={I}, F={F}"
     result["graph_layers_fwd_bwd"] = _speedup_table(title, times)
 
@@ -197,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     features = torch.randn(b, C, HW, HW, generator=g).to(device).requires_grad_()
     whole_fns = {name: fwd_bwd(head, head, features, torch.randn(b, N, 2, generator=g).to(device))
                  for name, head in heads.items()}
-    times = interleaved(whole_fns, device, args.budget)
+    times = interleaved(whole_fns, device, args.budget, clock=clock)
     result["whole_head_fwd_bwd"] = _speedup_table(f"whole heads (same map-to-node), fwd+bwd, B={b}", times)
 
     # 3. latency, eval
@@ -207,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (1, b):
         inp = torch.randn(batch, C, HW, HW, generator=g).to(device)
         times = interleaved({name: forward_only(head, inp) for name, head in heads.items()}, device,
-                            args.budget / 2)
+                            args.budget / 2, clock=clock)
         print(f"\n## latency, eval forward, B={batch}")
         for name, t in times.items():
             print(f"  {name:18s} {t * 1e3:9.3f} ms")
