@@ -19,3 +19,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def assert_grads_match_contiguous(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, index,
+                                  grad: torch.Tensor) -> None:
+    """Gradients of ``neighbor_aggregate`` on (non-contiguous) ``x``, ``w`` and ``grad`` equal those
+    of the same values laid out contiguously."""
+    from landmark_graph.ops import neighbor_aggregate
+
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    xc, wc = x.detach().contiguous().requires_grad_(), w.detach().contiguous().requires_grad_()
+    rx, rw = torch.autograd.grad(neighbor_aggregate(xc, wc, index), (xc, wc), grad.contiguous())
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
