@@ -15,6 +15,7 @@ from landmark_graph import (
     build_correlation_adjacency,
     index_order_adjacency,
 )
+from landmark_graph.edge_weights import edge_softmax
 
 N = 7
 
@@ -81,6 +82,28 @@ def test_dynamic_adjacency_starts_uniform_and_is_row_stochastic():
     w = dyn(torch.randn(3, 4))
     torch.testing.assert_close(w.sum(-1), torch.ones(3, N))
     assert (w[:, ~dyn.table.valid] == 0).all()
+
+
+@pytest.mark.parametrize("batch", [1, 40])  # both forward forms: library softmax, written out
+def test_edge_softmax_matches_masked_softmax_with_gradients(batch):
+    g = torch.Generator().manual_seed(0)
+    valid = torch.rand(N, 4, generator=g) > 0.4
+    valid[:, 0] = True
+    logits = torch.randn(batch, N, 4, generator=g, dtype=torch.float64)
+    # A padded logit far above its row's maximum must not overflow into a NaN gradient.
+    logits[:, ~valid] = 1e4
+    logits.requires_grad_()
+    weights = edge_softmax(logits, valid)
+    expected = logits.detach().masked_fill(~valid, float("-inf")).softmax(-1)
+    torch.testing.assert_close(weights, expected, **TOLERANCES[torch.float64])
+    upstream = torch.randn(batch, N, 4, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(weights, logits, upstream)
+    dense = logits.detach().requires_grad_()
+    expected = dense.masked_fill(~valid, float("-inf")).softmax(-1)
+    (expected_grad,) = torch.autograd.grad(expected, dense, upstream)
+    torch.testing.assert_close(grad, expected_grad, **TOLERANCES[torch.float64])
+    small = logits.detach()[:2, :, :].clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a: edge_softmax(a, valid), small)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "binary"])

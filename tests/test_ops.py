@@ -81,6 +81,20 @@ def test_matches_dense_reference_values_and_grads(n, k, b):
         torch.testing.assert_close(gw, rw)
 
 
+@pytest.mark.parametrize("n", [29, 68, 98])
+def test_inference_and_training_give_the_same_result(n):
+    # Without a backward to prepare for, larger graphs take the CSR product instead of the
+    # dense one (choose_formulation's reuse flag): the numbers must not depend on it.
+    idx = random_index(n, 7, n)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(64, n, 32, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(64, n, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = dense_reference(x.detach(), w.detach(), idx)
+    torch.testing.assert_close(neighbor_aggregate(x, w, idx), ref)
+    with torch.no_grad():
+        torch.testing.assert_close(neighbor_aggregate(x, w, idx), ref)
+
+
 @pytest.mark.parametrize("form", FORMULATIONS)
 @pytest.mark.parametrize("n, d", [(29, 2), (98, 40)])
 def test_every_cpu_formulation_agrees(monkeypatch, form, n, d):

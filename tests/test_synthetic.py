@@ -1,6 +1,8 @@
 """Synthetic faces: determinism, exact landmarks, occlusion that hides what it flags."""
 
 import dataclasses
+import itertools
+import math
 
 import numpy as np
 import pytest
@@ -125,6 +127,32 @@ def test_stroke_width():
     column = cover[:, 20]
     np.testing.assert_allclose(column[18:23], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
     assert cover[:, :2].sum() == 0.0 and cover[30:].sum() == 0.0
+
+
+def test_strokes_keep_the_best_splat_of_every_sample():
+    # Each pixel's coverage is the best splat clip(width / 2 + 0.5 - distance, 0, 1) over all
+    # half-pixel samples of its line, however the window cuts the line: compare with the dense
+    # maximum over every (pixel, sample) pair, for lines partly or wholly outside their window.
+    rng = np.random.default_rng(0)
+    lines = [(rng.uniform(-15, 45, (int(rng.integers(2, 6)), 2)).astype(np.float32),
+              float(rng.uniform(0.5, 4.0)), bool(rng.random() < 0.5)) for _ in range(8)]
+    # Dots (one sample each) inside the window show the whole disc of a single splat.
+    lines += [(np.array([p, p + 0.01], np.float32), 4.0, False) for p in rng.uniform(3, 20, (12, 2))]
+    lines.append((np.array([[200.0, 150.0], [260.0, 170.0]], np.float32), 3.0, False))
+    origins = rng.integers(-5, 10, (len(lines), 2)).astype(np.float32)
+    origins[8:20] = 0.0  # the dots sit in their windows
+    cover = _strokes(lines, origins, (24, 30))
+    assert cover.shape == (len(lines), 24, 30) and cover[-1].max() == 0.0
+    ys, xs = np.mgrid[:24, :30]
+    for (points, width, closed), origin, got in zip(lines, origins, cover, strict=True):
+        path = np.concatenate([points, points[:1]]) if closed else points
+        samples = []
+        for a, b in itertools.pairwise(path):
+            steps = max(math.ceil(2 * np.hypot(*(b - a))), 1)
+            samples += [a + (b - a) * (j / steps) for j in range(steps)]
+        s = np.array(samples, np.float64) - origin
+        dist = np.hypot(xs[..., None] - s[:, 0], ys[..., None] - s[:, 1])
+        np.testing.assert_allclose(got, np.clip(width / 2 + 0.5 - dist, 0, 1).max(-1), atol=1e-5, rtol=0)
 
 
 def test_bad_config():

@@ -21,8 +21,10 @@ in the same training code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ __all__ = [
 
 _GEOMETRY, _APPEARANCE, _OCCLUDERS = 0, 1, 2
 _OCCLUDER_KINDS = ("bar", "blob", "patch")
+_BLUR_BLOCK = 32  # rows per block of the banded blur products
 _CLOSED_PARTS = ("left_brow", "right_brow", "left_eye", "right_eye", "outer_mouth", "inner_mouth")
 
 
@@ -153,29 +156,41 @@ def _fill_polygons(polygons: list[np.ndarray], origins: np.ndarray, shape: tuple
     winding number.
     """
     height, width = shape
-    lengths = np.array([len(p) for p in polygons])
+    lengths = [len(p) for p in polygons]
     owner = np.repeat(np.arange(len(polygons)), lengths)
     start = np.concatenate(polygons).astype(np.float64) - origins[owner]
-    last = np.cumsum(lengths) - 1
-    nxt = np.arange(len(start)) + 1
-    nxt[last] = last - lengths + 1  # each polygon closes on itself
+    nxt = np.arange(1, len(start) + 1)
+    nxt[np.cumsum(lengths) - 1] -= lengths  # each polygon closes on itself
     end = start[nxt]
     rows = np.arange(height, dtype=np.float64)[:, None]  # (h, 1)
-    row_idx, edge_idx = np.nonzero((start[None, :, 1] <= rows) != (end[None, :, 1] <= rows))
+    row_idx, edge_idx = np.nonzero((start[:, 1] <= rows) != (end[:, 1] <= rows))
     a, b = start[edge_idx], end[edge_idx]
     x = a[:, 0] + (row_idx - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
     sign = np.where(b[:, 1] > a[:, 1], 1.0, -1.0)
     # Pixel j is covered by clip(j + 0.5 - x, 0, 1): the step lands on floor(x - 0.5) + 1 and + 2.
-    t = np.clip(x - 0.5, -1.0, float(width))
+    t = np.minimum(np.maximum(x - 0.5, -1.0), float(width))
     col = np.floor(t)
     frac = t - col
     stride = width + 3
-    flat = (owner[edge_idx] * height + row_idx) * stride + col.astype(np.int64)
+    flat = (owner[edge_idx] * height + row_idx) * stride + col.astype(np.int64) + 1
     weight = np.concatenate([sign * (1.0 - frac), sign * frac]).astype(np.float32)
     cells = len(polygons) * height * stride
-    diff = np.bincount(np.concatenate([flat + 1, flat + 2]), weight, minlength=cells)
+    diff = np.bincount(np.concatenate([flat, flat + 1]), weight, minlength=cells)
     winding = np.cumsum(diff.astype(np.float32).reshape(len(polygons), height, stride), axis=2)
     return np.minimum(np.abs(winding[:, :, :width]), 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _stencil(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets ``(dx, dy)`` of the ``(2 radius + 1)^2`` stencil and each one's ``gap``.
+
+    ``gap`` is the offset's distance to the unit square around the stencil's centre: the
+    closest a sample rounded to that centre can come to the offset's pixel.
+    """
+    dy, dx = np.divmod(np.arange((2 * radius + 1) ** 2), 2 * radius + 1)
+    dy, dx = dy - radius, dx - radius
+    gap = np.hypot(np.maximum(np.abs(dx) - 0.5, 0), np.maximum(np.abs(dy) - 0.5, 0))
+    return dx.astype(np.float32), dy.astype(np.float32), gap
 
 
 def _strokes(
@@ -190,36 +205,52 @@ def _strokes(
     height, width = shape
     paths = [np.concatenate([p, p[:1]]) if closed else p for p, _, closed in lines]
     line_of_seg = np.repeat(np.arange(len(lines)), [len(p) - 1 for p in paths])
-    seg = np.concatenate([np.diff(p, axis=0) for p in paths]).astype(np.float32)
-    origin = np.concatenate([p[:-1] for p in paths]).astype(np.float32) - origins[line_of_seg]
+    points = np.concatenate(paths).astype(np.float32)
+    first = np.ones(len(points) - 1, bool)  # segment i runs from point i to i + 1 within a path
+    first[np.cumsum([len(p) for p in paths[:-1]], dtype=np.int64) - 1] = False
+    origin = points[:-1][first]
+    seg = points[1:][first] - origin
+    origin -= origins[line_of_seg]
     steps = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) * 2).astype(np.int64), 1)
     idx = np.repeat(np.arange(len(seg)), steps)
     t = (np.arange(len(idx)) - np.repeat(np.cumsum(steps) - steps, steps)) / steps[idx]
     samples = origin[idx] + t[:, None].astype(np.float32) * seg[idx]  # (Q, 2)
     line = line_of_seg[idx]
-    thickness = np.array([w for _, w, _ in lines], np.float32)[line]
-    radius = math.ceil(thickness.max() / 2 + 0.5)
-    oy, ox = np.divmod(np.arange((2 * radius + 1) ** 2), 2 * radius + 1)
-    base = np.rint(samples).astype(np.int64) - radius
-    px = base[:, None, 0] + ox[None]  # (Q, K)
-    py = base[:, None, 1] + oy[None]
-    dist = np.hypot(px - samples[:, None, 0], py - samples[:, None, 1])
-    cover = np.clip(thickness[:, None] / 2 + 0.5 - dist, 0.0, 1.0)
-    inside = (px >= 0) & (px < width) & (py >= 0) & (py < height) & (cover > 0)
-    flat = (line[:, None] * height + py) * width + px
-    total = np.zeros(len(lines) * height * width, np.float32)
-    np.maximum.at(total, flat[inside], cover[inside])
-    return total.reshape(len(lines), height, width)
+    reach = np.array([w for _, w, _ in lines], np.float32) / 2 + 0.5  # cover = clip(reach - distance)
+    radius = math.ceil(reach.max())
+    # The window is padded by 2 radius and each splat centred on its sample's pixel, clamped to
+    # within one radius of the window: a sample clamped that way is too far to cover any pixel
+    # of the window, so the splats need no bounds check and the padding is cut off at the end.
+    pad = 2 * radius
+    rows, cols = height + 2 * pad, width + 2 * pad
+    dx, dy, gap = _stencil(radius)
+    keep = gap < reach.max()  # the corners of the stencil are out of reach
+    dx, dy = dx[keep], dy[keep]
+    centre = np.rint(samples)
+    np.clip(centre, -radius, [width - 1 + radius, height - 1 + radius], out=centre)
+    offset = centre - samples
+    dist = np.sqrt((offset[:, :1] + dx) ** 2 + (offset[:, 1:] + dy) ** 2)  # (Q, K)
+    cover = np.clip(reach[line, None] - dist, 0.0, 1.0)
+    base = (line * rows + centre[:, 1].astype(np.int64) + pad) * cols + centre[:, 0].astype(np.int64) + pad
+    total = np.zeros((len(lines), rows, cols), np.float32)
+    flat = base[:, None] + (dy * cols + dx).astype(np.int64)
+    np.maximum.at(total.reshape(-1), flat.reshape(-1), cover.reshape(-1))
+    return total[:, pad:pad + height, pad:pad + width]
 
 
+@functools.lru_cache(maxsize=32)
 def _interp_matrix(size: int, cells: int) -> np.ndarray:
-    """``float32[S, cells + 1]`` linear interpolation weights from a coarse grid to ``S`` pixels."""
+    """``float32[S, cells + 1]`` linear interpolation weights from a coarse grid to ``S`` pixels.
+
+    Cached (it depends on the sizes only), hence read-only.
+    """
     pos = np.linspace(0, cells, size)
     left = np.minimum(np.floor(pos).astype(int), cells - 1)
     frac = pos - left
     m = np.zeros((size, cells + 1), np.float32)
     m[np.arange(size), left] = 1 - frac
     m[np.arange(size), left + 1] = frac
+    m.flags.writeable = False
     return m
 
 
@@ -231,22 +262,35 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of ``float32[C, S, S]`` as two matrix products (border: renormalised)."""
+    """Separable Gaussian blur of ``float32[C, S, S]``: ``k @ image @ k.T`` (border: renormalised).
+
+    The kernel is cut where it falls below 1e-4, so ``k`` is banded: each block of rows is
+    multiplied with its band only, a fraction of the full products at 128 pixels.
+    """
     if sigma < 0.3:
         return image
     size = image.shape[-1]
-    idx = np.arange(size, dtype=np.float32)
-    k = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / sigma) ** 2)
-    k[k < 1e-4] = 0.0
-    k /= k.sum(1, keepdims=True)
-    return k @ image @ k.T
+    g = np.exp(-0.5 * (np.arange(1 - size, size, dtype=np.float32) / sigma) ** 2)  # offsets 1 - S .. S - 1
+    g[g < 1e-4] = 0.0
+    k = np.lib.stride_tricks.sliding_window_view(g, size)[::-1]  # k[i, j] = g(i - j)
+    k = k / k.sum(1, keepdims=True)
+    reach = int(np.count_nonzero(g[size:]))
+    bands = [(i, max(i - reach, 0), min(i + _BLUR_BLOCK + reach, size)) for i in range(0, size, _BLUR_BLOCK)]
+    rows = np.empty_like(image)
+    for i, lo, hi in bands:  # rows = k @ image
+        np.matmul(k[i:i + _BLUR_BLOCK, lo:hi], image[:, lo:hi], out=rows[:, i:i + _BLUR_BLOCK])
+    rows = rows.reshape(-1, size)
+    out = np.empty_like(rows)
+    for i, lo, hi in bands:  # out = rows @ k.T
+        np.matmul(rows[:, lo:hi], k[i:i + _BLUR_BLOCK, lo:hi].T, out=out[:, i:i + _BLUR_BLOCK])
+    return out.reshape(image.shape)
 
 
 def _blend(canvas: np.ndarray, alpha: np.ndarray, origin: np.ndarray, color: np.ndarray) -> None:
     """``canvas <- canvas (1 - alpha) + color alpha`` in place, ``alpha`` placed at ``origin = (x0, y0)``.
 
-    ``color`` is RGB ``[3]`` or an image ``[3, S, S]``. The part of the window outside the
-    image is dropped.
+    ``color`` is RGB ``[3]`` or an image ``[3, h, w]`` on the window of ``alpha``. The part of
+    the window outside the image is dropped.
     """
     size = canvas.shape[-1]
     x0, y0 = int(origin[0]), int(origin[1])
@@ -254,11 +298,11 @@ def _blend(canvas: np.ndarray, alpha: np.ndarray, origin: np.ndarray, color: np.
     r0, r1, c0, c1 = max(y0, 0), min(y0 + h, size), max(x0, 0), min(x0 + w, size)
     if r0 >= r1 or c0 >= c1:
         return
-    alpha = alpha[r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+    window = np.s_[..., r0 - y0:r1 - y0, c0 - x0:c1 - x0]
     color = np.asarray(color, np.float32)
-    color = color[:, None, None] if color.ndim == 1 else color[:, r0:r1, c0:c1]
+    color = color[:, None, None] if color.ndim == 1 else color[window]
     region = canvas[:, r0:r1, c0:c1]
-    region += alpha[None] * (color - region)
+    region += alpha[window] * (color - region)
 
 
 def _sort_by_angle(points: np.ndarray) -> np.ndarray:
@@ -295,6 +339,43 @@ def _outline_in_template(template: np.ndarray, parts: dict[str, tuple[int, ...]]
     return centre + radius * np.stack([np.cos(angle), np.sin(angle)], 1)
 
 
+class _Layout(NamedTuple):
+    """What :func:`sample_geometry` needs from a scheme; the arrays are read-only."""
+
+    parts: dict[str, tuple[int, ...]]  # the scheme's parts, as int tuples
+    points: np.ndarray  # the normalised template followed by the face outline
+    groups: list[np.ndarray]  # the indices of each part that moves (all but the contour)
+    member: np.ndarray  # the groups concatenated
+    owner: np.ndarray  # the group of each member
+    mouth: np.ndarray
+    brows: np.ndarray
+    nose: np.ndarray
+
+
+@functools.lru_cache(maxsize=32)
+def _scheme_layout(scheme: LandmarkScheme) -> _Layout:
+    """The :class:`_Layout` of a scheme, computed once per scheme."""
+    parts = {name: tuple(int(i) for i in idx) for name, idx in scheme.parts.items()}
+    template = _normalised_template(scheme)
+    moving = [name for name, idx in parts.items() if name != "contour" and idx]
+    groups = [np.array(parts[name]) for name in moving]
+
+    def indices(*names: str) -> np.ndarray:
+        return np.array([i for name in names for i in parts.get(name, ())], int)
+
+    arrays = dict(
+        points=np.concatenate([template, _outline_in_template(template, parts)]),
+        member=indices(*moving),
+        owner=np.repeat(np.arange(len(groups)), [len(idx) for idx in groups]),
+        mouth=indices("outer_mouth", "inner_mouth"),
+        brows=indices("left_brow", "right_brow"),
+        nose=indices("nose"),
+    )
+    for array in (*arrays.values(), *groups):
+        array.flags.writeable = False
+    return _Layout(parts=parts, groups=groups, **arrays)
+
+
 def sample_geometry(
     scheme: LandmarkScheme, rng: np.random.Generator, image_size: int, config: SyntheticConfig
 ) -> FaceGeometry:
@@ -304,37 +385,31 @@ def sample_geometry(
     depth :math:`z`, :math:`x' = x\cos\gamma + z\sin\gamma`; then rotation, scale and translation.
     The face outline undergoes the same transform, so the drawn contour matches the landmarks.
     """
-    parts = {name: tuple(int(i) for i in idx) for name, idx in scheme.parts.items()}
-    template = _normalised_template(scheme)
-    n = template.shape[0]
-    points = np.concatenate([template, _outline_in_template(template, parts)])
+    layout = _scheme_layout(scheme)
+    n = scheme.num_points
+    points, member, owner, mouth = layout.points.copy(), layout.member, layout.owner, layout.mouth
     s_id, s_ex = config.identity, config.expression
-    # Identity: each part scaled and shifted about its centroid; global aspect ratio.
-    for name, idx in parts.items():
-        if name == "contour" or not idx:
-            continue
-        idx = list(idx)
-        centre = points[idx].mean(0)
-        scale = 1 + s_id * rng.uniform(-0.15, 0.15, 2)
-        shift = s_id * rng.uniform(-0.02, 0.02, 2)
-        points[idx] = centre + shift + (points[idx] - centre) * scale
+    # Identity: each part scaled and shifted about its centroid (per part, in order: x and y
+    # scale, x and y shift); global aspect ratio.
+    jitter = rng.uniform([-0.15, -0.15, -0.02, -0.02], [0.15, 0.15, 0.02, 0.02], (len(layout.groups), 4))
+    if layout.groups:
+        centre = np.array([points[idx].mean(0) for idx in layout.groups])[owner]
+        scale, shift = 1 + s_id * jitter[:, :2], s_id * jitter[:, 2:]
+        points[member] = centre + shift[owner] + (points[member] - centre) * scale[owner]
     points[:n] += s_id * rng.normal(0, 0.004, (n, 2))
     points[:, 0] *= 1 + s_id * rng.uniform(-0.1, 0.1)
     # Expression: open the mouth (lower lip points go down), raise the brows.
-    mouth = [i for name in ("outer_mouth", "inner_mouth") for i in parts.get(name, ())]
-    if mouth:
-        centre_y = points[mouth, 1].mean()
-        lower = [i for i in mouth if points[i, 1] > centre_y]
+    if len(mouth):
+        lower = mouth[points[mouth, 1] > points[mouth, 1].mean()]
         opening = s_ex * rng.uniform(0, 0.1) * (rng.random() < 0.6)
         points[lower, 1] += opening
-    brows = [i for name in ("left_brow", "right_brow") for i in parts.get(name, ())]
-    points[brows, 1] -= s_ex * rng.uniform(0, 0.04)
+    points[layout.brows, 1] -= s_ex * rng.uniform(0, 0.04)
     # Yaw on an ellipsoid; the nose sticks out.
     lo, hi = points.min(0), points.max(0)
     half = (hi - lo) / 2
     rel = (points - (lo + hi) / 2) / half
     depth = 0.5 * np.sqrt(np.clip(1 - rel[:, 0] ** 2 - 0.5 * rel[:, 1] ** 2, 0, 1)) * half[0]
-    depth[list(parts.get("nose", ()))] += 0.08
+    depth[layout.nose] += 0.08
     yaw = math.radians(config.yaw) * rng.uniform(-1, 1)
     points[:, 0] = points[:, 0] * math.cos(yaw) + depth * math.sin(yaw)
     # In-plane similarity.
@@ -344,7 +419,7 @@ def sample_geometry(
     centre = image_size * (0.5 + config.translation * rng.uniform(-1, 1, 2)) - 0.5
     points = centre + face_size * points @ rot.T
     points = points.astype(np.float32)
-    return FaceGeometry(points[:n], points[n:], parts, float(face_size))
+    return FaceGeometry(points[:n], points[n:], dict(layout.parts), float(face_size))
 
 
 def sample_appearance(rng: np.random.Generator, config: SyntheticConfig, image_size: int) -> Appearance:
@@ -372,15 +447,22 @@ def sample_appearance(rng: np.random.Generator, config: SyntheticConfig, image_s
     )
 
 
-def _regular_polygon(centre: np.ndarray, radii: np.ndarray, angle: float, corners: int) -> np.ndarray:
-    """Rotated ellipse sampled at ``corners`` points, or a rectangle when ``corners == 4``."""
+@functools.lru_cache(maxsize=8)
+def _unit_polygon(corners: int) -> np.ndarray:
+    """The unit circle sampled at ``corners`` points, or the square ``[-1, 1]^2`` when ``corners == 4``."""
     if corners == 4:
         unit = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
     else:
         t = np.linspace(0, 2 * math.pi, corners, endpoint=False)
         unit = np.stack([np.cos(t), np.sin(t)], 1)
+    unit.flags.writeable = False
+    return unit
+
+
+def _regular_polygon(centre: np.ndarray, radii: np.ndarray, angle: float, corners: int) -> np.ndarray:
+    """Rotated ellipse sampled at ``corners`` points, or a rectangle when ``corners == 4``."""
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return (centre + (unit * radii) @ rot.T).astype(np.float32)
+    return (centre + (_unit_polygon(corners) * radii) @ rot.T).astype(np.float32)
 
 
 def sample_occluders(
@@ -411,7 +493,7 @@ def sample_occluders(
 # Drawing.
 
 
-# How a layer's alpha comes from the rasterised fills and strokes of its group.
+# How a feature layer's alpha comes from the rasterised fills and strokes.
 _COMBINE = {
     "fill": lambda f, s, slot: f[slot],
     "stroke": lambda f, s, slot: s[slot],
@@ -421,7 +503,8 @@ _COMBINE = {
 
 
 class _Shapes:
-    """Polygons and polylines collected for one batched rasterisation, in windows of one shape.
+    """Polygons and polylines collected for batched rasterisation: all polygons in windows of
+    one shape, all polylines in windows of another.
 
     Each ``fill``/``line`` call returns the shape's slot; after :meth:`render`, ``fills[slot]``
     and ``strokes[slot]`` hold its coverage and ``origins`` the top-left pixel of each window.
@@ -443,69 +526,90 @@ class _Shapes:
         self.line_origins.append(origin)
         return len(self.lines) - 1
 
-    def render(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        empty = np.zeros((0, *shape), np.float32)
-        fills = (_fill_polygons(self.polygons, np.array(self.polygon_origins, np.float64), shape)
-                 if self.polygons else empty)
-        strokes = (_strokes(self.lines, np.array(self.line_origins, np.float32), shape)
-                   if self.lines else empty)
+    def render(self, fill_shape: tuple[int, int], line_shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        fills = (_fill_polygons(self.polygons, np.array(self.polygon_origins, np.float64), fill_shape)
+                 if self.polygons else np.zeros((0, *fill_shape), np.float32))
+        strokes = (_strokes(self.lines, np.array(self.line_origins, np.float32), line_shape)
+                   if self.lines else np.zeros((0, *line_shape), np.float32))
         return fills, strokes
 
 
-def _face_layers(geometry: FaceGeometry, look: Appearance, skin: np.ndarray, size: int):
+def _box(points: np.ndarray, pad: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left and bottom-right pixels ``(x, y)`` of the box around ``points``, ``pad`` pixels wider."""
+    return np.floor(points.min(0) - pad), np.ceil(points.max(0) + pad)
+
+
+def _window_shape(boxes: list[np.ndarray]) -> tuple[int, int]:
+    """``(h, w)`` of the smallest window that holds each box ``(w, h)``."""
+    return tuple(int(v) for v in np.max(boxes, 0)[::-1]) if boxes else (1, 1)
+
+
+def _face_layers(geometry: FaceGeometry, look: Appearance, skin_texture: np.ndarray, size: int):
     """Rasterise the face and return its layers ``(alpha, origin, color)``, back to front.
 
-    The face region and the contour line use whole-image windows; the small features share
-    one window size (the largest feature's box), so each group rasterises in a single pass.
-    ``skin`` is the face's colour, RGB or a textured ``[3, S, S]`` image.
+    The face region has its own window, its box cut to the image. The features' polygons share
+    one window shape (the largest feature's box) and all lines another (the contour line's
+    window being the face's), so each batch rasterises in a single pass; each layer keeps only
+    its own box. The skin colour is modulated by ``skin_texture`` ``[S, S]``.
     """
     pts, parts, unit = geometry.landmarks, geometry.parts, geometry.face_size / 100
-    zero = np.zeros(2)
-    whole, small = _Shapes(), _Shapes()
-    plan = [(whole, "fill", whole.fill(geometry.outline, zero), skin)]
-    shade = look.skin * 0.7
-    if len(parts.get("contour", ())) >= 2:
-        i = whole.line(pts[list(parts["contour"])], 1.0 * unit, zero)
-        plan.append((whole, "stroke", i, shade, 0.6))
     pad = 2 * unit + 2
+    contour = pts[list(parts["contour"])] if len(parts.get("contour", ())) >= 2 else None
+    face = geometry.outline if contour is None else np.concatenate([geometry.outline, contour])
+    lo, hi = (np.clip(corner, 0, size - 1) for corner in _box(face, pad))
+    face_box = (hi - lo + 1).astype(int)
+    (x0, y0), (x1, y1) = lo.astype(int), hi.astype(int) + 1
+    skin = look.skin.astype(np.float32)[:, None, None] * (1 + 0.05 * skin_texture[y0:y1, x0:x1])
+    layers = [(_fill_polygons([geometry.outline], lo[None], (y1 - y0, x1 - x0))[0], lo, skin)]
+    shapes, plan = _Shapes(), []  # plan: (op, slot, color, box[, strength]) of each later layer
+    shade = look.skin * 0.7
+    if contour is not None:
+        plan.append(("stroke", shapes.line(contour, 1.0 * unit, lo), shade, face_box, 0.6))
     pupils = pts[list(parts["pupils"])] if "pupils" in parts else np.zeros((0, 2), np.float32)
-    boxes = []
-    for name in ("nose", *_CLOSED_PARTS):
-        if len(parts.get(name, ())) < 2:
-            continue
-        points = pts[list(parts[name])]
-        origin = np.floor(points.min(0) - pad)
-        boxes.append(np.ceil(points.max(0) + pad) - origin + 1)
+    # All features at once: their boxes, and their points ordered by angle around each one's
+    # centroid, so that any ordering of a closed part draws as a polygon.
+    names = [name for name in ("nose", *_CLOSED_PARTS) if len(parts.get(name, ())) >= 2]
+    counts = np.array([len(parts[name]) for name in names], int)
+    starts = np.cumsum(counts) - counts
+    points = pts[[i for name in names for i in parts[name]]]
+    owner = np.repeat(np.arange(len(names)), counts)
+    if names:
+        low, high = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
+        d = points - (np.add.reduceat(points, starts) / counts[:, None]).astype(np.float32)[owner]
+        by_angle = points[np.lexsort((np.arctan2(d[:, 1], d[:, 0]), owner))]
+        corners = np.floor(low - pad)  # each feature's window origin
+        boxes = list((np.ceil(high + pad) - corners + 1).astype(int))
+    else:
+        boxes = []
+    for k, name in enumerate(names):
+        part, origin, box = slice(starts[k], starts[k] + counts[k]), corners[k], boxes[k]
         if name == "nose":
-            plan.append((small, "stroke", small.line(points, 1.6 * unit, origin), shade * 0.8))
+            plan.append(("stroke", shapes.line(points[part], 1.6 * unit, origin), shade * 0.8, box))
             continue
-        poly = _sort_by_angle(points)
-        i = small.fill(poly, origin)
+        poly = by_angle[part]
+        i = shapes.fill(poly, origin)
         if name.endswith("brow"):
-            plan.append((small, "fill|stroke", (i, small.line(poly, 2.0 * unit, origin, True)), look.brow))
+            plan.append(("fill|stroke", (i, shapes.line(poly, 2.0 * unit, origin, True)), look.brow, box))
         elif name.endswith("eye"):
             centre = poly.mean(0)
             if len(pupils):  # the pupil landmark nearest to this eye sets the iris position
                 centre = pupils[np.argmin(((pupils - centre) ** 2).sum(1))]
-            extent = poly.max(0) - poly.min(0)
-            k = small.fill(_regular_polygon(centre, np.full(2, 0.3 * extent.max()), 0.0, 16), origin)
-            plan += [(small, "fill", i, look.sclera), (small, "fill*fill", (i, k), look.iris),
-                     (small, "stroke", small.line(poly, 1.2 * unit, origin, True), look.brow)]
+            iris = _regular_polygon(centre, np.full(2, 0.3 * (high[k] - low[k]).max()), 0.0, 16)
+            j = shapes.fill(iris, origin)
+            plan += [("fill", i, look.sclera, box), ("fill*fill", (i, j), look.iris, box),
+                     ("stroke", shapes.line(poly, 1.2 * unit, origin, True), look.brow, box)]
         elif name == "outer_mouth":
-            plan.append((small, "fill", i, look.lips))
+            plan.append(("fill", i, look.lips, box))
         else:  # inner mouth: dark opening and the lip line
-            j = small.line(poly, 1.0 * unit, origin, True)
-            plan.append((small, "fill|stroke", (i, j), look.lips * 0.25))
-    rendered = {id(whole): whole.render((size, size))}
-    if boxes:
-        rendered[id(small)] = small.render(tuple(int(v) for v in np.max(boxes, 0)[::-1]))
-    layers = []
-    for group, op, slot, color, *strength in plan:
-        fills, strokes = rendered[id(group)]
-        alpha = _COMBINE[op](fills, strokes, slot)
+            j = shapes.line(poly, 1.0 * unit, origin, True)
+            plan.append(("fill|stroke", (i, j), look.lips * 0.25, box))
+    lined = boxes if contour is None else [face_box, *boxes]
+    fills, strokes = shapes.render(_window_shape(boxes), _window_shape(lined))
+    for op, slot, color, (w, h), *strength in plan:
+        alpha = _COMBINE[op](fills[:, :h, :w], strokes[:, :h, :w], slot)
         if strength:
             alpha = alpha * strength[0]
-        origins = group.polygon_origins if op.startswith("fill") else group.line_origins
+        origins = shapes.polygon_origins if op.startswith("fill") else shapes.line_origins
         layers.append((alpha, origins[slot[0] if isinstance(slot, tuple) else slot], color))
     return layers
 
@@ -521,33 +625,35 @@ def draw_face(
     """
     size = image_size
     tex = np.random.default_rng(look.texture_seed)
-    canvas = np.empty((3, size, size), np.float32)
-    canvas[:] = np.asarray(look.background, np.float32)[:, None, None]
-    canvas += look.background_texture * _smooth_noise(tex, size, 6, 3)
-    skin = look.skin[:, None, None] * (1 + 0.05 * _smooth_noise(tex, size, 4))
-    for alpha, origin, color in _face_layers(geometry, look, skin, size):
+    canvas = look.background_texture * _smooth_noise(tex, size, 6, 3)
+    canvas += np.asarray(look.background, np.float32)[:, None, None]
+    for alpha, origin, color in _face_layers(geometry, look, _smooth_noise(tex, size, 4)[0], size):
         _blend(canvas, alpha, origin, color)
     # Illumination: a linear ramp across the image (after the face, before the occluders).
-    coord = np.arange(size, dtype=np.float32) / size - 0.5
-    ramp = math.cos(look.light_direction) * coord[None, :] + math.sin(look.light_direction) * coord[:, None]
-    canvas *= 1 + look.light_strength * ramp[None]
+    coord = look.light_strength * (np.arange(size, dtype=np.float32) / size - 0.5)
+    canvas *= (1 + math.cos(look.light_direction) * coord) + math.sin(look.light_direction) * coord[:, None]
     alpha = np.zeros((size, size), np.float32)
     if occluders:
+        # All occluders share one window, their box cut to the image.
         polygons = [occ.polygon for occ in occluders]
-        covers = _fill_polygons(polygons, np.zeros((len(occluders), 2)), (size, size))
+        lo, hi = (np.clip(corner, 0, size - 1).astype(int) for corner in _box(np.concatenate(polygons), 1))
+        (x0, y0), (x1, y1) = lo, hi + 1
+        covers = _fill_polygons(polygons, np.tile(lo, (len(polygons), 1)), (y1 - y0, x1 - x0))
         grid = np.arange(size, dtype=np.float32)
         for occ, cover in zip(occluders, covers, strict=True):
-            color = occ.color[:, None, None] * (1 + occ.texture * _smooth_noise(tex, size, 12))
+            texture = 1 + occ.texture * _smooth_noise(tex, size, 12)[0, y0:y1, x0:x1]
             period, angle = occ.stripes
             if period > 0:
-                phase = math.cos(angle) * grid[None, :] + math.sin(angle) * grid[:, None]
-                color = color * (0.75 + 0.25 * np.sign(np.sin(2 * math.pi * phase / period)))[None]
-            _blend(canvas, cover, np.zeros(2), color)
-        alpha = covers.max(0)
+                phase = math.cos(angle) * grid[None, x0:x1] + math.sin(angle) * grid[y0:y1, None]
+                texture *= 0.75 + 0.25 * np.sign(np.sin(2 * math.pi * phase / period))
+            _blend(canvas, cover, lo, occ.color.astype(np.float32)[:, None, None] * texture)
+        alpha[y0:y1, x0:x1] = covers.max(0)
     canvas = _blur(canvas, look.blur)
     if look.noise > 0:
-        canvas += look.noise * tex.standard_normal(canvas.shape, dtype=np.float32)
-    return np.clip(canvas, 0.0, 1.0), alpha
+        noise = tex.standard_normal(canvas.shape, dtype=np.float32)
+        noise *= look.noise
+        canvas += noise
+    return np.clip(canvas, 0.0, 1.0, out=canvas), alpha
 
 
 def _occluded(alpha: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -50,14 +50,19 @@ def _forced() -> str | None:
 
 
 def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tracing: bool,
-                       device: torch.device, op: str = "aggregate", shared: bool = False) -> str:
+                       device: torch.device, op: str = "aggregate", shared: bool = False,
+                       reuse: bool = False) -> str:
     """The formulation for one call; ``tracing`` (fake tensors, compile, export) forces ``"dense"``.
 
-    The rule comes from ``benchmarks/bench_aggregate.py --formulations`` on a shared 2-core x86
-    CPU (MKL), whose timings moved by 2x with the load of other jobs, so the boundaries are
-    rough: the dense ``bmm`` wins while ``N`` is small; the block-diagonal CSR product is level
-    with it around ``N = 68`` and ahead at ``N = 98`` with a large batch (and for the weight
-    gradient, ``sampled_addmm``, from ``N ~ 64``); a plain gather wins for narrow features.
+    ``reuse``: the caller keeps the dense matrix for its backward pass (``dx = A^T dy``, one
+    ``bmm``), which favours the dense formulation beyond its forward cost.
+
+    The rule comes from ``benchmarks/bench_aggregate.py --formulations`` on a 2-core x86 CPU
+    (MKL); the boundaries are rough (timings move by 10-20 % between runs): the dense ``bmm``
+    wins while ``N`` is small; the block-diagonal CSR product is level with it around
+    ``N = 68`` and ahead at ``N = 98`` (forward alone: 0.45-0.86 of the dense time at
+    ``N = 98``, ``B = 16-256``, one thread); for the weight gradient, ``sampled_addmm`` from
+    ``N ~ 64``; a plain gather wins for narrow features.
     """
     if tracing:
         return "dense"
@@ -73,9 +78,12 @@ def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tr
     if op == "edge_dot":
         # sampled_addmm computes only the B*N*K needed dots, the dense bmm all B*N*N.
         return "sparse" if nodes >= 64 and batch >= 16 else "dense"
-    if nodes >= 96 and batch * features >= 16384 and not shared:
-        return "sparse"
-    return "dense"
+    if shared:
+        return "dense"
+    if reuse:
+        # The saved matrix makes the backward one bmm: worth it unless N and B*D are large.
+        return "sparse" if nodes >= 96 and batch * features >= 16384 else "dense"
+    return "sparse" if nodes >= 64 and batch >= 16 else "dense"
 
 
 def _masked(weight: Tensor, valid: Tensor) -> Tensor:
@@ -159,13 +167,18 @@ def _no_autocast(fn):
 @_no_autocast
 def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
     """``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` with ``weight`` ``(B,N,K)`` or ``(N,K)``."""
-    return aggregate_torch_keep(x, weight, index)[0]
+    return _aggregate_torch(x, weight, index, reuse=False)[0]
 
 
 @_no_autocast
 def aggregate_torch_keep(x: Tensor, weight: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
-    """:func:`aggregate_torch`, plus the ``(B or 1, N, N)`` matrix when the dense formulation ran
-    (the eager backward reuses it: ``dx = A^T dy``), else ``None``."""
+    """:func:`aggregate_torch` for a caller with a backward pass to come: also returns the
+    ``(B or 1, N, N)`` matrix when the dense formulation ran (``dx = A^T dy`` reuses it), else
+    ``None``."""
+    return _aggregate_torch(x, weight, index, reuse=True)
+
+
+def _aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, reuse: bool) -> tuple[Tensor, Tensor | None]:
     b, n, d = x.shape
     k = index.shape[1]
     if weight.dtype != x.dtype:
@@ -174,7 +187,7 @@ def aggregate_torch_keep(x: Tensor, weight: Tensor, index: Tensor) -> tuple[Tens
         return x.new_zeros(b, n, d), None
     tracing = _is_tracing(x)
     shared = weight.dim() == 2
-    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared)
+    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared, reuse=reuse)
     info = _table_info(index, n, tracing)
     if form == "dense":
         wb = weight[None] if shared else weight
