@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 # Tolerances for comparing two computations of the same quantity in a given dtype.
@@ -32,3 +34,13 @@ def assert_grads_match_contiguous(out: torch.Tensor, x: torch.Tensor, w: torch.T
     rx, rw = torch.autograd.grad(neighbor_aggregate(xc, wc, index), (xc, wc), grad.contiguous())
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
+
+
+def usable(module: str) -> bool:
+    """Whether ``module`` imports: absent, or a wheel built for another torch (torchvision's
+    CUDA wheel beside a CPU torch fails with a RuntimeError), both count as unusable."""
+    try:
+        importlib.import_module(module)
+    except (ImportError, RuntimeError, OSError):
+        return False
+    return True

@@ -1,12 +1,12 @@
 """Each example script runs end to end on a few steps (in-process, through runpy)."""
 
-import importlib
 import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import usable
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
@@ -19,10 +19,8 @@ def _run(script: str, *args: str, monkeypatch, capsys) -> str:
 
 
 def _needs(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as error:  # missing, or a wheel built for another torch
-        pytest.skip(f"{module} is not usable here: {error}")
+    if not usable(module):
+        pytest.skip(f"{module} is not usable here")
 
 
 def test_adjacency_from_landmarks(monkeypatch, capsys):
