@@ -107,6 +107,8 @@ class Study:
     title: str
     claim: str
     variants: tuple[Variant, ...]
+    # The claim's comparisons, ``(reference, candidate)`` variant names: reported per seed, paired.
+    pairs: tuple[tuple[str, str], ...] = ()
 
 
 def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, Study]:
@@ -120,6 +122,9 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             "L-GRL beats FC with every loss; Soft Wing beats Wing and L1 (Tables I, VI, VII).",
             tuple(_variant(f"{heads[h]} + {losses[loss]}", HEAD_LOSS_PAPER[h, loss], head=h, loss=loss)
                   for h in heads for loss in losses),
+            tuple((f"FC + {name}", f"L-GRL + {name}") for name in losses.values())
+            + tuple((f"{head} + {name}", f"{head} + Soft Wing") for head in heads.values()
+                    for name in ("L1", "Wing")),
         ),
         "relative": Study(
             "Relative location loss",
@@ -127,6 +132,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             tuple(_variant(f"{heads[h]} + Soft Wing{' + relative' if w else ''}",
                            "-0.1 to -0.2 vs without" if w else "", head=h, relative_weight=w)
                   for h in heads for w in (0.0, 1.0)),
+            tuple((f"{head} + Soft Wing", f"{head} + Soft Wing + relative") for head in heads.values()),
         ),
         "edge_weights": Study(
             "Edge weights",
@@ -134,11 +140,14 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             "uses static learned weights.",
             (_variant("dynamic", "4.65"), _variant("static", "- (authors' code)", edge_weights="static"),
              _variant("binary", "4.85 (+0.2)", edge_weights="binary")),
+            (("binary", "dynamic"), ("static", "dynamic")),
         ),
         "k": Study(
             "Neighbours per node k",
-            "k = 3 or 6 is best; sparser (k = 1) and denser graphs (k up to N-1 = 97) are worse (Fig. 8).",
+            f"k = 3 or 6 is best; sparser (k = 1) and denser graphs (k up to N-1 = {num_points - 1}) "
+            "are worse (Fig. 8).",
             tuple(_variant(f"k = {k}", "best" if k in (3, 6) else "worse", k=k) for k in ks),
+            tuple((f"k = {k}", "k = 3") for k in ks if k != 3) if 3 in ks else (),
         ),
     }
 
@@ -352,6 +361,23 @@ def cost_table(config: TrainConfig, paper: bool = True) -> list[dict[str, Any]]:
 # Reports.
 
 
+def paired(runs: Mapping[str, Mapping[int, Mapping[str, Any]]], reference: Variant,
+           candidate: Variant) -> dict[str, Any] | None:
+    """Per-seed NME differences ``candidate - reference`` on each test set (same seed: same data
+    and initialisation), their spread, and on how many seeds the candidate is lower; ``None``
+    without a seed both finished."""
+    seeds = sorted(set(runs[reference.key]) & set(runs[candidate.key]))
+    if not seeds:
+        return None
+    first = runs[candidate.key][seeds[0]]["metrics"]
+    out: dict[str, Any] = {"reference": reference.name, "candidate": candidate.name, "seeds": seeds}
+    for name in first:
+        nme = {v.key: [runs[v.key][s]["metrics"][name]["nme"] for s in seeds] for v in (reference, candidate)}
+        diffs = [c - r for c, r in zip(nme[candidate.key], nme[reference.key], strict=True)]
+        out[name] = {**spread(diffs), "candidate_lower": sum(d < 0 for d in diffs)}
+    return out
+
+
 def _pm(s: Mapping[str, float], scale: float = 1.0, digits: int = 2) -> str:
     if not s["n"]:
         return "n/a"
@@ -389,6 +415,18 @@ def markdown(results: Mapping[str, Any]) -> str:
             seeds = str(len(summary["seeds"]) if summary else 0)
             lines.append("| " + " | ".join([v["name"], seeds, *cells, v["paper"]]) + " |")
         lines.append("")
+        if study.get("pairs"):
+            lines += ["Paired by seed (same data and initialisation): NME difference candidate − "
+                      "reference (negative: the candidate is better), and the seeds where it is lower.", "",
+                      "| candidate | reference | " + " | ".join(f"Δ {s} NME" for s in sets) + " | "
+                      + " | ".join(f"{s}: lower in" for s in sets) + " |",
+                      "|" + "---|" * (2 + 2 * len(sets))]
+            for p in study["pairs"]:
+                n = len(p["seeds"])
+                lines.append(f"| {p['candidate']} | {p['reference']} | "
+                             + " | ".join(_pm(p[s], 100) for s in sets) + " | "
+                             + " | ".join(f"{p[s]['candidate_lower']}/{n}" for s in sets) + " |")
+            lines.append("")
     sweep = results.get("occlusion_sweep")
     if sweep:
         bins = list(next(iter(sweep.values()))["all"])
@@ -505,7 +543,9 @@ def collect(args: argparse.Namespace, studies: Mapping[str, Study], runs: Mappin
                  "train_seconds": sum(r["seconds"] for by_seed in runs.values() for r in by_seed.values())},
         "studies": {name: {"title": s.title, "claim": s.claim, "variants": [
             {"name": v.name, "key": v.key, "overrides": dict(v.overrides), "paper": v.paper,
-             "summary": summaries[v.key]} for v in s.variants]} for name, s in studies.items()},
+             "summary": summaries[v.key]} for v in s.variants],
+            "pairs": [p for ref, cand in s.pairs if (p := _pair(runs, s, ref, cand))]}
+            for name, s in studies.items()},
         "runs": {key: {str(seed): r for seed, r in by_seed.items()} for key, by_seed in runs.items()},
         "costs": costs,
     }
@@ -517,6 +557,13 @@ def collect(args: argparse.Namespace, studies: Mapping[str, Study], runs: Mappin
         first = next(iter(runs[swept[0].key].values()))["sweep"]["all"]
         results["sweep_counts"] = {b: m["count"] for b, m in first.items()}
     return results
+
+
+def _pair(runs: Mapping[str, Mapping[int, Any]], study: Study, reference: str, candidate: str):
+    by_name = {v.name: v for v in study.variants}
+    if reference not in by_name or candidate not in by_name:  # thinned out (--quick)
+        return None
+    return paired(runs, by_name[reference], by_name[candidate])
 
 
 def write_reports(results: Mapping[str, Any], out: Path, plots: bool = True) -> list[Path]:

@@ -74,6 +74,29 @@ def test_spread_matches_statistics(ablation):
     assert ablation.spread([])["n"] == 0
 
 
+def test_pairs_name_existing_variants(ablation):
+    for num_points, ks in ((98, ablation.FULL_K), (29, ablation.QUICK_K)):
+        for study in ablation.build_studies(num_points, ks).values():
+            names = {v.name for v in study.variants}
+            assert study.pairs and all(ref in names and cand in names for ref, cand in study.pairs)
+
+
+def test_paired_differences_are_per_seed(ablation):
+    ref, cand = ablation._variant("ref", k=1), ablation._variant("cand", k=6)
+
+    def record(clean):
+        return {"metrics": {"clean": {"nme": clean}}}
+
+    # Seed 2 has no candidate run: only seeds 0 and 1 pair up.
+    runs = {ref.key: {0: record(0.05), 1: record(0.07), 2: record(0.09)},
+            cand.key: {0: record(0.04), 1: record(0.08)}}
+    p = ablation.paired(runs, ref, cand)
+    assert p["seeds"] == [0, 1] and (p["reference"], p["candidate"]) == ("ref", "cand")
+    assert p["clean"]["mean"] == pytest.approx(0.0) and p["clean"]["std"] == pytest.approx(0.01 * 2**0.5)
+    assert p["clean"]["candidate_lower"] == 1
+    assert ablation.paired({ref.key: {}, cand.key: {0: record(0.1)}}, ref, cand) is None
+
+
 @pytest.mark.parametrize("text", ["synthetic:/x", "wflw", "nope:/x"])
 def test_data_argument_names_the_problem(ablation, text, capsys):
     with pytest.raises(SystemExit):
@@ -100,6 +123,7 @@ def test_quick_run_writes_complete_finite_reports(ablation, tmp_path, monkeypatc
     report = (tmp_path / "results.md").read_text()
     for study in results["studies"].values():
         assert study["title"] in report
+        assert study["pairs"] and all(p["seeds"] == [0, 1] for p in study["pairs"])
         for v in study["variants"]:
             assert v["name"] in report
             _finite_summary(v["summary"], ("clean", "occluded"))
