@@ -22,7 +22,8 @@ Usage::
 
     python benchmarks/ablation.py --quick --out /tmp/ablation          # smoke test, minutes on CPU
     python benchmarks/ablation.py --device cuda --out ablation          # full grid, 3 seeds
-    python benchmarks/ablation.py --profile cpu --out ablation          # docs/results.md, run A
+    python benchmarks/ablation.py --profile cpu --steps 3000 --train-size 4000 --seeds 0 1 2 3 4 \
+        --threads 1 --out ablation                                      # docs/results.md, run 1
     python benchmarks/ablation.py --data wflw:/data/WFLW --device cuda  # the same study on WFLW
     python benchmarks/ablation.py --profile cpu --out ablation --report-only  # tables from saved runs
 
