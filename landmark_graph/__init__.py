@@ -7,7 +7,7 @@ from .heads import FCHead, LGRLHead
 from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
 from .map_to_node import MapToNode
 from .metrics import LandmarkEvaluator, auc, ced, failure_rate, nme
-from .ops import NeighborTable, neighbor_aggregate
+from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
 from .schemes import LandmarkScheme, get_scheme, register_scheme
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "get_scheme",
     "index_order_adjacency",
     "neighbor_aggregate",
+    "neighbor_softmax_aggregate",
     "nme",
     "register_scheme",
 ]

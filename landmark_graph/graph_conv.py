@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ._checks import check_floating, check_ndim, check_param_dtype, check_shape, materialized
 from .edge_weights import _as_table, edge_softmax
-from .ops import NeighborTable, neighbor_aggregate
+from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
 
 __all__ = ["GraphConv", "GraphResidualBlock"]
 
@@ -82,13 +82,16 @@ class GraphConv(nn.Module):
             shape = (self.table.num_nodes, self.table.max_degree)
             self.edge_logits = nn.Parameter(torch.zeros(shape, device=self.table.index.device))
 
+    def own_edge_logits(self) -> Tensor:
+        """``Tensor[N, K]``: the learned (static) logits of this layer, or zeros (binary)."""
+        if self.edge_logits is not None:
+            return self.edge_logits
+        weight = self.linear.weight  # dtype and device are known even before a lazy layer's first call
+        return torch.zeros(self.table.valid.shape, dtype=weight.dtype, device=weight.device)
+
     def own_edge_weights(self) -> Tensor:
         """``Tensor[N, K]``: the learned (static) or uniform (binary) weights of this layer."""
-        valid = self.table.valid
-        logits = self.edge_logits if self.edge_logits is not None else torch.zeros(
-            valid.shape, device=valid.device
-        )
-        return edge_softmax(logits, valid)
+        return edge_softmax(self.own_edge_logits(), self.table.valid)
 
     def forward(self, x: Tensor, edge_weights: Tensor | None = None) -> Tensor:
         check_floating("x", x)
@@ -97,18 +100,20 @@ class GraphConv(nn.Module):
         check_shape("x", x, (None, n, materialized(self.linear)), "(B, N, I)")
         check_param_dtype("x", x, self)
         if edge_weights is None:
-            edge_weights = self.own_edge_weights()
+            # Own logits: softmax and aggregation fused (the authors' static layer).
+            aggregate, edge_weights = neighbor_softmax_aggregate, self.own_edge_logits()
         else:
             check_floating("edge_weights", edge_weights)
             if edge_weights.dim() == 2:
                 check_shape("edge_weights", edge_weights, (n, k), "(N, K)")
             else:
                 check_shape("edge_weights", edge_weights, (x.shape[0], n, k), "(B, N, K)")
+            aggregate = neighbor_aggregate
         if self.out_features < x.shape[-1]:
             h = self.linear(x)
-            out = neighbor_aggregate(h, edge_weights.to(h.dtype), self.table)
+            out = aggregate(h, edge_weights.to(h.dtype), self.table)
         else:
-            out = self.linear(neighbor_aggregate(x, edge_weights.to(x.dtype), self.table))
+            out = self.linear(aggregate(x, edge_weights.to(x.dtype), self.table))
         if self.norm is not None:
             # BatchNorm1d wants channels second: (B, O, N).
             return torch.relu(self.norm(out.transpose(1, 2)).transpose(1, 2))

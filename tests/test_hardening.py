@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import landmark_graph as lg
 from landmark_graph import functional as LF
-from landmark_graph.ops import NeighborTable, neighbor_aggregate
+from landmark_graph.ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
 
 FAST = settings(max_examples=12, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -325,6 +325,49 @@ def test_neighbor_aggregate_rejects_bad_input_naming_it(bad):
     }[bad]
     name = {"x": "x ", "w": "weight", "index": "index"}[bad.split("-")[0]]
     raises_named(lambda: neighbor_aggregate(*args), name)
+
+
+@covers("neighbor_softmax_aggregate")
+@FAST
+@given(nk=sizes, batch=st.integers(0, 3), d=st.integers(1, 5), seed=st.integers(0, 2**16),
+       index_dtype=st.sampled_from([torch.int32, torch.int64, "table"]),
+       layout=st.sampled_from(LAYOUTS[:3]), shared=st.booleans(), dtype=st.sampled_from(FLOATS[:2]),
+       grad=st.booleans())
+def test_neighbor_softmax_aggregate_matches_a_masked_softmax_product(nk, batch, d, seed, index_dtype, layout,
+                                                                     shared, dtype, grad):
+    n, k = nk
+    g = torch.Generator().manual_seed(seed)
+    table = NeighborTable((torch.rand(n, n, generator=g) < k / n) | torch.eye(n, dtype=torch.bool))
+    x = make_tensor((batch, n, d), seed, layout, dtype)
+    a_shape = (n, table.max_degree) if shared else (batch, n, table.max_degree)
+    # Padding slots hold large logits: they must be ignored, not overflow.
+    a = make_tensor(a_shape, seed + 1, layout if not shared else "contiguous", dtype, scale=3.0)
+    a = a.masked_fill(~table.valid, 1e4).requires_grad_(grad)
+    index = table if index_dtype == "table" else table.index.to(index_dtype)
+    out = neighbor_softmax_aggregate(x, a, index)
+    w = a.detach().masked_fill(~table.valid, float("-inf")).softmax(-1).expand(batch, -1, -1)
+    dense = torch.zeros(batch, n, n, dtype=dtype).scatter_add_(
+        2, table.index.clamp(min=0).expand(batch, -1, -1), w.masked_fill(~table.valid, 0))
+    assert out.shape == (batch, n, d) and out.dtype == dtype
+    torch.testing.assert_close(out, dense @ x)
+
+
+@covers("neighbor_softmax_aggregate")
+@FAST
+@given(bad=st.sampled_from(["x-int", "logits-int", "index-float", "index-range", "index-empty-row",
+                            "logits-shape", "x-ndim", "logits-dtype"]))
+def test_neighbor_softmax_aggregate_rejects_bad_input_naming_it(bad):
+    table = NeighborTable(lg.index_order_adjacency(4, 2))
+    x, a, idx = torch.randn(2, 4, 3), torch.rand(2, 4, 3), table.index
+    empty = idx.clone()
+    empty[2] = -1
+    args = {
+        "x-int": (x.long(), a, idx), "logits-int": (x, a.long(), idx), "index-float": (x, a, idx.float()),
+        "index-range": (x, a, idx + 2), "index-empty-row": (x, a, empty), "logits-shape": (x, a[:, :3], idx),
+        "x-ndim": (x[0], a, idx), "logits-dtype": (x, a.double(), idx),
+    }[bad]
+    name = {"x": "x ", "logits": "logits", "index": "index"}[bad.split("-")[0]]
+    raises_named(lambda: neighbor_softmax_aggregate(*args), name)
 
 
 # --- adjacency builders ---------------------------------------------------------------------

@@ -12,7 +12,14 @@ import torch
 from helpers import assert_grads_match_contiguous
 
 import landmark_graph as lg
-from landmark_graph.ops import NeighborTable, export_decompositions, neighbor_aggregate, reverse_table
+from landmark_graph.ops import (
+    NeighborTable,
+    edge_softmax,
+    export_decompositions,
+    neighbor_aggregate,
+    neighbor_softmax_aggregate,
+    reverse_table,
+)
 from landmark_graph.ops import aggregate as agg_mod
 from landmark_graph.ops._torch_impl import FORMULATIONS
 
@@ -117,8 +124,11 @@ def test_every_cpu_formulation_agrees(monkeypatch, form, n, d):
             torch.testing.assert_close(gw, rw.float(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("form", FORMULATIONS)
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
-def test_gradcheck_and_gradgradcheck_float64(shared):
+def test_gradcheck_and_gradgradcheck_float64(monkeypatch, shared, form):
+    # dense: autograd differentiates ATen ops; sparse and gather: the op-made backward.
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", form)
     table = random_table(7, 0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -127,6 +137,31 @@ def test_gradcheck_and_gradgradcheck_float64(shared):
     fn = lambda x, w: neighbor_aggregate(x, w, table)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+@pytest.mark.parametrize("form", FORMULATIONS)
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
+def test_softmax_aggregate_is_the_two_step_composition(monkeypatch, shared, form):
+    # dense: the fused path (logits scattered into -inf, softmax, bmm); else edge_softmax + op.
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", form)
+    g = torch.Generator().manual_seed(5)
+    for index in (random_table(9, 0), random_index(9, 4, 1, pad=0.0), random_table(29, 1, k=5)):
+        idx = index.index if isinstance(index, NeighborTable) else index
+        n, k = idx.shape
+        x = torch.randn(3, n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        a = torch.randn(*(() if shared else (3,)), n, k, generator=g, dtype=torch.float64)
+        a = a.masked_fill(idx < 0, 50.0).requires_grad_()  # padding slots: ignored
+        fn = lambda x, a, index=index: neighbor_softmax_aggregate(x, a, index)  # noqa: E731
+        out = fn(x, a)
+        want = neighbor_aggregate(x, edge_softmax(a, idx >= 0), idx)
+        torch.testing.assert_close(out, want)
+        grad = torch.randn_like(out)
+        for got, ref in zip(torch.autograd.grad(out, (x, a), grad), torch.autograd.grad(want, (x, a), grad),
+                            strict=True):
+            torch.testing.assert_close(got, ref)
+        assert torch.autograd.gradcheck(fn, (x, a))
+        if n < 20:
+            assert torch.autograd.gradgradcheck(fn, (x, a))
 
 
 def test_opcheck_both_ops():

@@ -18,20 +18,24 @@ deterministic.
 
 from __future__ import annotations
 
-import os
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from .._env import getenv
+
 __all__ = [
     "FORMULATIONS",
     "aggregate_reference",
     "aggregate_torch",
+    "autograd_native",
     "choose_formulation",
     "edge_dot_reference",
     "edge_dot_torch",
+    "softmax_aggregate_torch",
 ]
 
 FORMULATIONS = ("dense", "sparse", "gather")
@@ -41,7 +45,10 @@ _FORCE_ENV = "LANDMARK_GRAPH_CPU_FORMULATION"
 
 
 def _forced() -> str | None:
-    value = os.environ.get(_FORCE_ENV, "auto").strip().lower()
+    value = getenv(_FORCE_ENV)
+    if value is None:
+        return None
+    value = value.strip().lower()
     if value in ("", "auto"):
         return None
     if value not in FORMULATIONS:
@@ -51,11 +58,11 @@ def _forced() -> str | None:
 
 def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tracing: bool,
                        device: torch.device, op: str = "aggregate", shared: bool = False,
-                       reuse: bool = False) -> str:
+                       backward: bool = False) -> str:
     """The formulation for one call; ``tracing`` (fake tensors, compile, export) forces ``"dense"``.
 
-    ``reuse``: the caller keeps the dense matrix for its backward pass (``dx = A^T dy``, one
-    ``bmm``), which favours the dense formulation beyond its forward cost.
+    ``backward``: a backward pass will follow, in which the dense matrix (saved by autograd)
+    makes ``dx = A^T dy`` one ``bmm``: that favours the dense formulation beyond its forward cost.
 
     The rule comes from ``benchmarks/bench_aggregate.py --formulations`` on a 2-core x86 CPU
     (MKL); the boundaries are rough (timings move by 10-20 % between runs): the dense ``bmm``
@@ -80,7 +87,7 @@ def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tr
         return "sparse" if nodes >= 64 and batch >= 16 else "dense"
     if shared:
         return "dense"
-    if reuse:
+    if backward:
         # The saved matrix makes the backward one bmm: worth it unless N and B*D are large.
         return "sparse" if nodes >= 96 and batch * features >= 16384 else "dense"
     return "sparse" if nodes >= 64 and batch >= 16 else "dense"
@@ -97,7 +104,8 @@ def _is_tracing(t: Tensor) -> bool:
 class _TableInfo:
     """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
 
-    __slots__ = ("csr", "edges", "has_padding", "padded_to", "safe", "valid", "version")
+    __slots__ = ("csr", "distinct", "edges", "has_padding", "neg_inf", "padded_to", "safe", "valid",
+                 "version")
 
     def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
         self.version = index._version
@@ -107,7 +115,27 @@ class _TableInfo:
         self.padded_to = torch.where(self.valid, index, n)
         self.has_padding = True if tracing else bool((~self.valid).any())
         self.edges = -1 if tracing else int(self.valid.sum())  # used slots, for the CSR paths
+        # No row lists a sender twice (always so in a NeighborTable): each edge has one column.
+        ordered = self.padded_to.sort(dim=1).values
+        repeats = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)
+        self.distinct = not tracing and not bool(repeats.any())
         self.csr: dict[int, tuple[Tensor, Tensor]] = {}
+        self.neg_inf: dict[tuple[torch.dtype, int], tuple[Tensor, Tensor]] = {}
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """``(M, N, N)`` (a view of ``(M, N, N + 1)`` with padding): the logits at their
+        neighbours' columns, ``-inf`` elsewhere; padding slots land in the dropped last column."""
+        m, n, k = logits.shape
+        key = (logits.dtype, m)
+        if key not in self.neg_inf:  # cached: at B = 1 each expand costs ~1 us of ~15
+            cols = n + 1 if self.has_padding else n
+            if len(self.neg_inf) >= 8:
+                self.neg_inf.pop(next(iter(self.neg_inf)))
+            base = logits.new_full((1, n, cols), float("-inf")).expand(m, n, cols)
+            self.neg_inf[key] = (base, self.padded_to.expand(m, n, k))
+        base, target = self.neg_inf[key]
+        scores = base.scatter(2, target, logits)
+        return scores[:, :, :n] if self.has_padding else scores
 
     def block_csr(self, batch: int, values: Tensor) -> Tensor:
         """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
@@ -154,7 +182,7 @@ def _autocast_on(device_type: str) -> bool:
 def _no_autocast(fn):
     """Run ``fn`` in the dtype of its inputs: autocast would otherwise recast the inner ``bmm``."""
 
-    def wrapper(first: Tensor, *args: Tensor) -> Tensor:
+    def wrapper(first: Tensor, *args: Any) -> Tensor:
         if not _autocast_on(first.device.type):
             return fn(first, *args)
         with torch.autocast(first.device.type, enabled=False):
@@ -165,46 +193,78 @@ def _no_autocast(fn):
 
 
 @_no_autocast
-def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
-    """``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` with ``weight`` ``(B,N,K)`` or ``(N,K)``."""
-    return _aggregate_torch(x, weight, index, reuse=False)[0]
+def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = False) -> Tensor:
+    """``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` with ``weight`` ``(B,N,K)`` or ``(N,K)``.
 
-
-@_no_autocast
-def aggregate_torch_keep(x: Tensor, weight: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
-    """:func:`aggregate_torch` for a caller with a backward pass to come: also returns the
-    ``(B or 1, N, N)`` matrix when the dense formulation ran (``dx = A^T dy`` reuses it), else
-    ``None``."""
-    return _aggregate_torch(x, weight, index, reuse=True)
-
-
-def _aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, reuse: bool) -> tuple[Tensor, Tensor | None]:
+    ``backward``: a backward pass will follow, so the choice of formulation counts its cost.
+    Every formulation is made of differentiable ATen ops.
+    """
     b, n, d = x.shape
     k = index.shape[1]
     if weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
     if b == 0 or n == 0 or d == 0 or k == 0:
-        return x.new_zeros(b, n, d), None
+        return x.new_zeros(b, n, d)
     tracing = _is_tracing(x)
     shared = weight.dim() == 2
-    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared, reuse=reuse)
+    form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared, backward=backward)
     info = _table_info(index, n, tracing)
     if form == "dense":
         wb = weight[None] if shared else weight
         m = wb.shape[0]
-        dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
-        dense = dense[:, :, :n]
-        if shared:
-            return torch.matmul(dense[0], x), dense
-        return torch.bmm(dense, x), dense
+        if info.has_padding:
+            # Padding slots land in an extra column ``n`` that the product leaves out.
+            dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)[:, :, :n]
+        else:
+            dense = x.new_zeros(m, n, n).scatter_add_(2, index.expand(m, n, k), wb)
+        return torch.matmul(dense[0], x) if shared else torch.bmm(dense, x)
     if form == "sparse":
         matrix = info.block_csr(b, info.edge_values(weight, b))
-        return torch.sparse.mm(matrix, x.reshape(b * n, d)).view(b, n, d), None
+        return torch.sparse.mm(matrix, x.reshape(b * n, d)).view(b, n, d)
     # gather
     w = _masked(weight, info.valid) if info.has_padding else weight
     gathered = x.index_select(1, info.safe.reshape(-1)).view(b * n, k, d)
     wb = w.expand(b, n, k) if shared else w
-    return torch.bmm(wb.reshape(b * n, 1, k), gathered).view(b, n, d), None
+    return torch.bmm(wb.reshape(b * n, 1, k), gathered).view(b, n, d)
+
+
+@_no_autocast
+def softmax_aggregate_torch(x: Tensor, logits: Tensor, index: Tensor,
+                            backward: bool = False) -> Tensor | None:
+    """``y[b,i] = sum_k softmax_k(logits[b,i])_k x[b, idx[i,k]]`` in the dense formulation, or
+    ``None`` where the shape's formulation is not the dense one, or a row lists a sender twice
+    (the caller then runs ``edge_softmax`` and the aggregation).
+
+    The logits go to their neighbours' columns of an ``N x N`` matrix of ``-inf``, then one row
+    softmax and one product: the authors' three ops (for their masking, a scatter), which
+    autograd differentiates. Eager mode only.
+    """
+    b, n, d = x.shape
+    k = index.shape[1]
+    shared = logits.dim() == 2
+    if b * n * d * k == 0 or choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=shared,
+                                                backward=backward) != "dense":
+        return None
+    if logits.dtype != x.dtype:
+        logits = logits.to(x.dtype)
+    info = _table_info(index, n, tracing=False)
+    if not info.distinct:
+        return None  # a repeated sender's two logits would share one column
+    weights = info.scores(logits[None] if shared else logits).softmax(dim=-1)
+    return torch.matmul(weights[0], x) if shared else torch.bmm(weights, x)
+
+
+def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
+    """Whether a call with a backward to come is best left to ATen's autograd: when it runs the
+    dense formulation, whose ``bmm`` and ``scatter_add`` autograd differentiates with the op's
+    own maths (``dx = A^T dy``; ``dw`` = the table's entries of ``dy x^T``) and no Python
+    backward (most of the time at ``B = 1``)."""
+    b, n, d = x.shape
+    k = index.shape[1]
+    if b * n * d * k == 0:
+        return False  # the op's empty result still needs a place in the graph
+    return choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=weight.dim() == 2,
+                              backward=True) == "dense"  # only asked in eager mode
 
 
 @_no_autocast

@@ -25,8 +25,9 @@ Eager fast path: a call through the ``torch.library`` dispatcher costs 50-100 us
 than the whole aggregation at ``B = 1`` on CPU. When nothing traces or intercepts (no
 ``torch.compile``, export, fake tensors or dispatch mode), :func:`neighbor_aggregate` runs the same
 kernels through a :class:`torch.autograd.Function` with the same backward formulas; otherwise it
-calls the registered op. After the dense CPU formulation, a first-order backward reuses its matrix
-(``dx = A^T dy``); with ``create_graph=True`` the op-made backward runs.
+calls the registered op. Where the CPU formulation for training is the dense product
+(:func:`~._torch_impl.autograd_native`), even the Function is skipped: autograd records the
+product's ATen ops, whose backward is the same maths (``dx = A^T dy``) with no Python in it.
 
 Backend: the environment variable ``LANDMARK_GRAPH_BACKEND`` (read at each call):
 ``auto`` (default: Triton for CUDA tensors when Triton imports, else PyTorch), ``torch`` or
@@ -42,8 +43,6 @@ holds the op anyway (from a direct ``torch.ops.landmark_graph.aggregate`` call) 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -57,17 +56,20 @@ from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
+from .._env import getenv
 from ._torch_impl import (
     _autocast_on,
     aggregate_reference,
     aggregate_torch,
-    aggregate_torch_keep,
+    autograd_native,
     edge_dot_reference,
     edge_dot_torch,
+    softmax_aggregate_torch,
 )
+from .edge_softmax import edge_softmax
 from .neighbor_table import NeighborTable, reverse_table
 
-__all__ = ["BACKENDS", "backend", "export_decompositions", "neighbor_aggregate"]
+__all__ = ["BACKENDS", "backend", "export_decompositions", "neighbor_aggregate", "neighbor_softmax_aggregate"]
 
 BACKENDS = ("auto", "torch", "triton")
 _BACKEND_ENV = "LANDMARK_GRAPH_BACKEND"
@@ -77,7 +79,10 @@ _triton_state: dict[str, Any] = {}
 
 def backend() -> str:
     """The requested backend, from ``LANDMARK_GRAPH_BACKEND`` (``auto`` when unset)."""
-    value = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
+    value = getenv(_BACKEND_ENV)
+    if value is None:
+        return "auto"
+    value = value.strip().lower() or "auto"
     if value not in BACKENDS:
         raise ValueError(f"{_BACKEND_ENV} must be one of {BACKENDS}, got {value!r}")
     return value
@@ -102,11 +107,13 @@ def _kernels() -> Any:
     return _triton_state["module"]
 
 
-def _use_triton(x: Tensor) -> bool:
-    choice = backend()
-    if choice == "torch" or x.device.type not in ("cuda", "cpu"):
+def _use_triton(x: Tensor, choice: str | None = None) -> bool:
+    """Whether ``x`` runs on the Triton kernels; ``choice``: :func:`backend`, when already read."""
+    choice = choice or backend()
+    if choice == "torch":
         return False
-    if choice == "auto" and x.device.type != "cuda":
+    device = x.device.type
+    if device != "cuda" and (choice == "auto" or device != "cpu"):
         return False
     kernels = _kernels()
     if kernels is None:
@@ -115,7 +122,7 @@ def _use_triton(x: Tensor) -> bool:
                        f"({_triton_state['error']}); using the PyTorch backend")
         return False
     if x.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") == "1" and kernels.INTERPRETED:
+        if getenv("TRITON_INTERPRET") == "1" and kernels.INTERPRETED:
             # The interpreter runs real CPU tensors only; fake ones trace the torch formulation.
             return not is_fake(x)
         _warn_once("cpu", f"{_BACKEND_ENV}=triton runs CPU tensors only under the Triton "
@@ -163,7 +170,7 @@ def _edge_dot_op(
 def _eager(x: Tensor) -> bool:
     return not (
         torch.compiler.is_compiling()
-        or is_fake(x)
+        or (type(x) is not Tensor and is_fake(x))  # a plain Tensor is not fake: skip the 1.5 us test
         or _get_current_dispatch_mode() is not None
         or torch._is_functional_tensor(x)
     )
@@ -187,30 +194,13 @@ class _AggregateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight, *tables)
-        ctx.dense = None
         if _use_triton(x):
             with set_wrap_triton_enabled(False):
                 return _kernels().aggregate(x, weight.to(x.dtype), tables[0])
-        y, ctx.dense = aggregate_torch_keep(x, weight, tables[0])
-        return y
+        return aggregate_torch(x, weight, tables[0], True)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        dense, ctx.dense = ctx.dense, None
-        if dense is not None and not torch.is_grad_enabled() and ctx.needs_input_grad[0]:
-            # First-order backward after the dense CPU formulation: dx = A^T dy with the matrix
-            # the forward built (one bmm, deterministic). With create_graph=True the backward
-            # below, made of the op again, runs instead, so double backward stays available.
-            x, weight, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
-            with torch.autocast(x.device.type, enabled=False) if _autocast_on(x.device.type) \
-                    else contextlib.nullcontext():
-                a_t = dense.transpose(-1, -2)
-                dx = torch.matmul(a_t[0], grad) if weight.dim() == 2 else torch.bmm(a_t, grad)
-            dw = None
-            if ctx.needs_input_grad[1]:
-                dw = _edge_dot(grad, x, index, rev_index, rev_slot, fwd_slot)
-                dw = (dw.sum(dim=0) if weight.dim() == 2 else dw).to(weight.dtype)
-            return dx.to(x.dtype), dw, None, None, None, None
         return _aggregate_backward(ctx, grad)
 
 
@@ -233,9 +223,13 @@ def _aggregate(x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
     """The ``aggregate`` op, through the eager fast path when nothing traces."""
     if not _eager(x):
         return _aggregate_op(x, weight, *tables)
-    if _needs_graph(x, weight):
-        return _AggregateFn.apply(x, weight, *tables)
-    return _aggregate_direct(x, weight, tables[0])
+    if not _needs_graph(x, weight):
+        return _aggregate_direct(x, weight, tables[0])
+    if not _use_triton(x) and autograd_native(x, weight, tables[0]):
+        # The dense formulation's ATen ops, recorded by autograd: the op's backward maths
+        # without a Python backward, whose overhead is most of the time at B = 1.
+        return aggregate_torch(x, weight, tables[0], True)
+    return _AggregateFn.apply(x, weight, *tables)
 
 
 def _edge_dot(a: Tensor, x: Tensor, *tables: Tensor) -> Tensor:
@@ -325,13 +319,18 @@ def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
 # The public function.
 
 
-def _check_inputs(x: object, weight: object, index: object) -> tuple[Tensor, Tensor, Tensor]:
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_inputs(x: object, weight: object, index: object, name: str = "weight"
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    # Every attribute read costs ~0.1-0.3 us, and at B = 1 the whole op takes ~15 us: each is read once.
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(weight, Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
     if isinstance(index, NeighborTable):
-        idx = index.index
+        idx = index.tables[0]
     elif isinstance(index, Tensor):
         idx = index
     else:
@@ -339,35 +338,48 @@ def _check_inputs(x: object, weight: object, index: object) -> tuple[Tensor, Ten
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
     if not weight.is_floating_point():
-        raise TypeError(f"weight must be a floating point tensor, got dtype {weight.dtype}")
-    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {weight.dtype}")
+    if idx.dtype not in _INDEX_DTYPES:
         raise TypeError(f"index must be an integer tensor (N, K), got dtype {idx.dtype}")
-    if x.dim() != 3:
-        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(x.shape)}")
-    if idx.dim() != 2:
-        raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx.shape)}")
-    b, n, _ = x.shape
-    if idx.shape[0] != n:
-        raise ValueError(f"index has {idx.shape[0]} rows (N, K) but x has N={n} nodes (B, N, D)")
-    k = idx.shape[1]
-    if weight.dim() == 2:
-        if tuple(weight.shape) != (n, k):
-            raise ValueError(f"weight must have shape (N, K) = ({n}, {k}) or (B, N, K) = "
-                             f"({b}, {n}, {k}), got {tuple(weight.shape)}")
-    elif weight.dim() != 3 or tuple(weight.shape) != (b, n, k):
-        raise ValueError(f"weight must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = "
-                         f"({n}, {k}), got {tuple(weight.shape)}")
-    for name, t in (("weight", weight), ("index", idx)):
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device"
+    x_shape, idx_shape, w_shape = x.shape, idx.shape, weight.shape
+    if len(x_shape) != 3:
+        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(x_shape)}")
+    if len(idx_shape) != 2:
+        raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx_shape)}")
+    b, n, _ = x_shape
+    if idx_shape[0] != n:
+        raise ValueError(f"index has {idx_shape[0]} rows (N, K) but x has N={n} nodes (B, N, D)")
+    k = idx_shape[1]
+    # Lengths first: comparing (N, K) with (B, N, K) item by item would guard B != N under export.
+    if w_shape != ((n, k) if len(w_shape) == 2 else (b, n, k)):
+        raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = "
+                         f"({n}, {k}), got {tuple(w_shape)}")
+    device = x.device
+    for label, t in ((name, weight), ("index", idx)):
+        if t.device != device:
+            raise ValueError(f"{label} is on {t.device} but x is on {device}; move them to one device"
                              + (" (NeighborTable moves with its module: call .to(device))"
-                                if name == "index" and isinstance(index, NeighborTable) else ""))
+                                if label == "index" and isinstance(index, NeighborTable) else ""))
     if weight.dtype != x.dtype:
-        if not _autocast_on(x.device.type):
-            raise TypeError(f"weight has dtype {weight.dtype} but x has {x.dtype}; cast one of them "
+        if not _autocast_on(device.type):
+            raise TypeError(f"{name} has dtype {weight.dtype} but x has {x.dtype}; cast one of them "
                             "(under torch.autocast the op computes in x's dtype)")
         weight = weight.to(x.dtype)
     return x, weight, idx
+
+
+def _tables(index: Tensor | NeighborTable, idx: Tensor, n: int) -> tuple[Tensor, ...] | None:
+    """The op's table arguments: a :class:`NeighborTable`'s, or those of a raw index, checked and
+    reversed here; ``None`` for a raw index under ``torch.compile`` (its reverse table is
+    data-dependent: the caller traces the plain decomposition)."""
+    if isinstance(index, NeighborTable):
+        return index.tables
+    if torch.compiler.is_compiling():
+        return None
+    if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
+        bad = idx[(idx < -1) | (idx >= n)]
+        raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got {bad[:5].tolist()}")
+    return idx, *reverse_table(idx, n)
 
 
 def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -409,17 +421,62 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     """
     x, weight, idx = _check_inputs(x, weight, index)
     backend()  # a bad LANDMARK_GRAPH_BACKEND fails here, before any kernel
-    if torch.compiler.is_exporting():
-        return aggregate_reference(x, weight, idx)
-    if isinstance(index, NeighborTable):
-        return _aggregate(x, weight, *index.tables)
-    if idx.dtype != torch.long:
+    if not isinstance(index, NeighborTable):
         idx = idx.long()
-    if torch.compiler.is_compiling():
-        # The reverse table of a raw index is data-dependent: trace the plain decomposition.
+    tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
+    if tables is None:  # export, or compile with a raw index: the plain decomposition
         return aggregate_reference(x, weight, idx)
-    n = x.shape[1]
-    if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
-        bad = idx[(idx < -1) | (idx >= n)]
-        raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got {bad[:5].tolist()}")
-    return _aggregate(x, weight, idx, *reverse_table(idx, n))
+    return _aggregate(x, weight, *tables)
+
+
+def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | NeighborTable) -> Tensor:
+    r"""Softmax over each node's neighbours, then the weighted sum: attention-style aggregation.
+
+    .. math::
+        y_{b,i,:} = \sum_{k} \frac{e^{a_{b,i,k}}}{\sum_{k'} e^{a_{b,i,k'}}}\,
+        x_{b,\,\mathrm{idx}_{i,k},\,:}
+
+    over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`. The same numbers as
+    ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, and that is what runs on
+    GPU, while tracing, and for large graphs. Where the CPU formulation is the dense product
+    (see :func:`neighbor_aggregate`), it runs fused instead: the logits go straight into the
+    ``N x N`` matrix that is softmaxed and multiplied, three ATen ops that autograd
+    differentiates, as many as the authors' masked softmax and ``bmm``.
+
+    Args:
+        x: ``Tensor[B, N, D]`` node features, floating point.
+        logits: ``Tensor[B, N, K]`` per-image edge logits, or ``Tensor[N, K]`` shared by all.
+            Padding slots are ignored, whatever their value.
+        index: a :class:`NeighborTable`, or a ``LongTensor[N, K]`` table (``-1`` pads) in
+            which every row has at least one neighbour.
+
+    Returns:
+        ``Tensor[B, N, D]`` in ``x``'s dtype.
+
+    Raises:
+        TypeError, ValueError: as :func:`neighbor_aggregate`; also a row of ``index`` with no
+            neighbour (its softmax would be 0 / 0).
+
+    Example:
+        >>> import torch
+        >>> idx = torch.tensor([[0, 1], [1, -1]])
+        >>> x = torch.tensor([[[1.0], [10.0]]])
+        >>> neighbor_softmax_aggregate(x, torch.zeros(2, 2), idx).tolist()
+        [[[5.5], [10.0]]]
+    """
+    x, logits, idx = _check_inputs(x, logits, index, "logits")
+    choice = backend()
+    if not isinstance(index, NeighborTable):
+        idx = idx.long()
+        if idx.shape[1] and bool((idx < 0).all(dim=1).any()):
+            row = int((idx < 0).all(dim=1).nonzero()[0])
+            raise ValueError(f"index row {row} has no neighbour: the softmax over its slots is undefined")
+    tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
+    if tables is None:  # export, or compile with a raw index: the plain decomposition
+        return aggregate_reference(x, edge_softmax(logits, idx >= 0), idx)
+    if _eager(x) and not _use_triton(x, choice):
+        fused = softmax_aggregate_torch(x, logits, tables[0], _needs_graph(x, logits))
+        if fused is not None:
+            return fused
+    valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
+    return _aggregate(x, edge_softmax(logits, valid), *tables)

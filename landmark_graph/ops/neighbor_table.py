@@ -72,7 +72,11 @@ def reverse_table(index: Tensor, num_nodes: int | None = None) -> tuple[Tensor, 
     return reverse_index, reverse_slot, forward_slot.view(n_rows, k)
 
 
-_REVERSE_NAMES = ("reverse_index", "reverse_slot", "forward_slot")
+def _derived(mask: Tensor) -> dict[str, Tensor]:
+    """The tables built from a mask: not saved, rebuilt on load, moved with the module."""
+    index = mask_to_index(mask)
+    reverse = dict(zip(("reverse_index", "reverse_slot", "forward_slot"), reverse_table(index), strict=True))
+    return {"index": index, "valid": index >= 0, **reverse}
 
 
 class NeighborTable(nn.Module):
@@ -91,6 +95,7 @@ class NeighborTable(nn.Module):
         adjacency: ``BoolTensor[N, N]``.
         index: ``LongTensor[N, K]``, row ``i`` lists the senders of node ``i`` in ascending
             order, ``-1`` pads rows of lower degree.
+        valid: ``BoolTensor[N, K]``, which slots of ``index`` hold a neighbour.
         reverse_index, reverse_slot, forward_slot: the reverse table (:func:`reverse_table`).
 
     Example:
@@ -101,6 +106,7 @@ class NeighborTable(nn.Module):
 
     adjacency: Tensor
     index: Tensor
+    valid: Tensor
     reverse_index: Tensor
     reverse_slot: Tensor
     forward_slot: Tensor
@@ -109,13 +115,11 @@ class NeighborTable(nn.Module):
         super().__init__()
         mask = check_adjacency(adjacency)
         self.register_buffer("adjacency", mask)
-        self.register_buffer("index", mask_to_index(mask), persistent=False)
-        for name, value in zip(_REVERSE_NAMES, reverse_table(self.index), strict=True):
+        for name, value in _derived(mask).items():
             self.register_buffer(name, value, persistent=False)
 
     def _rebuild(self) -> None:
-        self.index = mask_to_index(self.adjacency)
-        for name, value in zip(_REVERSE_NAMES, reverse_table(self.index), strict=True):
+        for name, value in _derived(self.adjacency).items():
             setattr(self, name, value)
 
     @property
@@ -131,11 +135,6 @@ class NeighborTable(nn.Module):
     @property
     def max_degree(self) -> int:
         return self.index.shape[1]
-
-    @property
-    def valid(self) -> Tensor:
-        """``BoolTensor[N, K]``: which slots of :attr:`index` hold a neighbour."""
-        return self.index >= 0
 
     def set_adjacency(self, adjacency: Tensor) -> None:
         """Replace the graph (same number of nodes); ``K`` may change."""
