@@ -1,7 +1,9 @@
 """What the benchmark scripts share: device/thread/clock options, run metadata, and timing.
 
 Timing is by interleaved rounds: every function runs once per round, so background load on a
-shared machine hits all of them alike; the result is each function's median per-call time.
+shared machine hits all of them alike; the result is each function's median per-call time. The
+order rotates from round to round: a fixed order measured each function always right after the
+same neighbour (its freed memory, its cache footprint), which biased the first one by up to 2x.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ def interleaved(
             sync(device)
             reps[name] = max(1, int(min_sample / max(clock() - t0, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     start = time.perf_counter()
     rounds = 0
     while rounds < 5 or (time.perf_counter() - start < budget and rounds < max_rounds):
-        for name, fn in fns.items():
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             t0 = clock()
             for _ in range(reps[name]):
                 fn()

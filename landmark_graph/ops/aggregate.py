@@ -438,10 +438,11 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
 
     over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`. The same numbers as
     ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, and that is what runs on
-    GPU, while tracing, and for large graphs. Where the CPU formulation is the dense product
-    (see :func:`neighbor_aggregate`), it runs fused instead: the logits go straight into the
-    ``N x N`` matrix that is softmaxed and multiplied, three ATen ops that autograd
-    differentiates, as many as the authors' masked softmax and ``bmm``.
+    GPU, while tracing, and for large batches or graphs. For small ones on CPU (shared logits,
+    or up to 65536 ``N x N`` scores: ``B = 1``, or ``B <= 64`` at 29 nodes) it runs fused
+    instead: the logits go straight into the ``N x N`` matrix that is softmaxed and
+    multiplied, three ATen ops that autograd differentiates, as many as the authors' masked
+    softmax and ``bmm``; what decides there is the count of calls, not arithmetic.
 
     Args:
         x: ``Tensor[B, N, D]`` node features, floating point.
