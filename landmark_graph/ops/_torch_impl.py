@@ -228,9 +228,10 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     return torch.bmm(wb.reshape(b * n, 1, k), gathered).view(b, n, d)
 
 
-# Beyond this many N x N scores, the two-step path's (B, N, K) softmax costs less than the fused
-# path's N x N one (measured: fused ahead at B = 1 and level at 64 x 29 x 29; behind from 64 x 68 x 68).
-_FUSED_SCORES_MAX = 65536
+# Beyond this many N x N scores the two-step path's (B, N, K) softmax costs less than the fused
+# path's N x N one. Measured on 2 threads: fused ahead of two-step at B = 1 and at 29 nodes up to
+# B = 256 (its three ops use both threads, the two-step's small ones barely); behind at 64 x 98 x 98.
+_FUSED_SCORES_MAX = 262144
 
 
 @_no_autocast

@@ -439,7 +439,7 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`. The same numbers as
     ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, and that is what runs on
     GPU, while tracing, and for large batches or graphs. For small ones on CPU (shared logits,
-    or up to 65536 ``N x N`` scores: ``B = 1``, or ``B <= 64`` at 29 nodes) it runs fused
+    or up to 262144 ``N x N`` scores: ``B <= 311`` at 29 nodes, ``B <= 27`` at 98) it runs fused
     instead: the logits go straight into the ``N x N`` matrix that is softmaxed and
     multiplied, three ATen ops that autograd differentiates, as many as the authors' masked
     softmax and ``bmm``; what decides there is the count of calls, not arithmetic.
