@@ -2,8 +2,9 @@
 
 Timing is by interleaved rounds: every function runs once per round, so background load on a
 shared machine hits all of them alike; the result is each function's median per-call time. The
-order rotates from round to round: a fixed order measured each function always right after the
-same neighbour (its freed memory, its cache footprint), which biased the first one by up to 2x.
+order is shuffled every round (seeded): in a fixed or rotated order each function always follows
+the same neighbour, whose freed memory and cache footprint it inherits; after a slow, memory-hungry
+method that cost the next one up to 40 %.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -76,11 +78,12 @@ def interleaved(
             reps[name] = max(1, int(min_sample / max(clock() - t0, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
+    order = random.Random(0)
     start = time.perf_counter()
     rounds = 0
     while rounds < 5 or (time.perf_counter() - start < budget and rounds < max_rounds):
-        shift = rounds % len(names)
-        for name in names[shift:] + names[:shift]:
+        order.shuffle(names)
+        for name in names:
             fn = fns[name]
             t0 = clock()
             for _ in range(reps[name]):

@@ -9,7 +9,7 @@ from helpers import assert_grads_match_contiguous
 from test_ops import dense_reference, random_index, random_table
 
 from landmark_graph.ops import aggregate as agg_mod
-from landmark_graph.ops import neighbor_aggregate
+from landmark_graph.ops import edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
 
 pytestmark = [
     pytest.mark.cuda,
@@ -53,6 +53,16 @@ def test_values_and_grads_match_a_float64_reference(dtype, n, k, b, d):
         # dw sums D (shared weights: B * D) products: scale atol with their typical size.
         scale = max(d * (b if shared else 1), 1) ** 0.5
         torch.testing.assert_close(gw.double().cpu(), rw, atol=atol * 8 * scale, rtol=rtol * 8)
+
+
+def test_softmax_aggregate_matches_the_cpu_result():
+    table = random_table(98, 7, k=5)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(16, 98, 32, generator=g, dtype=torch.float64)
+    a = torch.randn(16, *table.index.shape, generator=g, dtype=torch.float64)
+    want = dense_reference(x, edge_softmax(a, table.valid), table.index)
+    got = neighbor_softmax_aggregate(x.cuda(), a.cuda(), table.cuda())
+    torch.testing.assert_close(got.cpu(), want)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])

@@ -37,7 +37,7 @@ else:
     from test_ops import dense_reference, random_index, random_table
     from torch._subclasses.fake_tensor import is_fake
 
-    from landmark_graph.ops import NeighborTable, neighbor_aggregate
+    from landmark_graph.ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
     from landmark_graph.ops import aggregate as agg_mod
 
     @pytest.fixture(autouse=True)
@@ -92,6 +92,19 @@ else:
                 torch.testing.assert_close(gw, rw.to(dtype), **tol)
         if b:
             assert "aggregate" in _count_launches and "edge_dot" in _count_launches
+
+    def test_softmax_aggregate_runs_the_kernels_after_edge_softmax(_count_launches):
+        # On the Triton backend the fused CPU path is skipped: edge_softmax, then the kernels.
+        table = random_table(29, 6, k=5)
+        g = torch.Generator().manual_seed(6)
+        x = torch.randn(2, 29, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        a = torch.randn(2, *table.index.shape, generator=g, dtype=torch.float64, requires_grad=True)
+        out = neighbor_softmax_aggregate(x, a, table)
+        w = edge_softmax(a.detach(), table.valid)
+        torch.testing.assert_close(out, dense_reference(x.detach(), w, table.index))
+        assert _count_launches == ["aggregate"]
+        torch.autograd.grad(out.square().sum(), (x, a))
+        assert "edge_dot" in _count_launches
 
     @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
     def test_gradcheck_and_gradgradcheck_float64(shared):
