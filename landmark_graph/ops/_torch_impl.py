@@ -135,7 +135,7 @@ class _TableInfo:
             self.neg_inf[key] = (base, self.padded_to.expand(m, n, k))
         base, target = self.neg_inf[key]
         scores = base.scatter(2, target, logits)
-        return scores[:, :, :n] if self.has_padding else scores
+        return scores.narrow(2, 0, n) if self.has_padding else scores
 
     def block_csr(self, batch: int, values: Tensor) -> Tensor:
         """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
@@ -214,7 +214,8 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
         m = wb.shape[0]
         if info.has_padding:
             # Padding slots land in an extra column ``n`` that the product leaves out.
-            dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)[:, :, :n]
+            dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
+            dense = dense.narrow(2, 0, n)
         else:
             dense = x.new_zeros(m, n, n).scatter_add_(2, index.expand(m, n, k), wb)
         return torch.matmul(dense[0], x) if shared else torch.bmm(dense, x)
