@@ -10,6 +10,9 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
 - ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: for
   narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
 
+With logits instead of weights, :func:`softmax_aggregate_torch` runs the dense formulation
+fused: the logits scattered into ``-inf``, one softmax, one ``bmm``.
+
 All three give the same numbers up to float rounding. Padding slots (``idx = -1``) are masked
 to weight 0 and read node 0, so they add nothing (a non-finite feature is the exception: the
 dense product multiplies every feature by a weight, zero or not). Each formulation is

@@ -1,4 +1,5 @@
-r"""``neighbor_aggregate``: the one sparse op every graph layer runs (SPEC §5).
+r"""``neighbor_aggregate``: the one sparse op every graph layer runs (SPEC §5), and
+``neighbor_softmax_aggregate``: the same after a softmax over each row's edge logits.
 
 Two operators are registered with :mod:`torch.library` under the ``landmark_graph`` namespace:
 
