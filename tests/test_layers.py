@@ -223,9 +223,10 @@ def test_autocast_bfloat16_on_cpu_is_close_to_float32():
 
 
 @pytest.mark.slow
-def test_torch_compile_of_the_head():
+@pytest.mark.parametrize("mode", ["dynamic", "static"])  # static: neighbor_softmax_aggregate
+def test_torch_compile_of_the_head(mode):
     torch.manual_seed(0)
-    head = _small_head().eval()
+    head = _small_head(edge_weights=mode).eval()
     x = torch.randn(2, 5, 4, 4)
     ref = head(x)
     compiled = torch.compile(head, fullgraph=True)
