@@ -107,7 +107,7 @@ def _is_tracing(t: Tensor) -> bool:
 class _TableInfo:
     """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
 
-    __slots__ = ("csr", "distinct", "edges", "has_padding", "neg_inf", "padded_to", "safe", "valid",
+    __slots__ = ("csr", "distinct", "edges", "has_padding", "padded_to", "safe", "score_bases", "valid",
                  "version")
 
     def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
@@ -119,24 +119,25 @@ class _TableInfo:
         self.has_padding = True if tracing else bool((~self.valid).any())
         self.edges = -1 if tracing else int(self.valid.sum())  # used slots, for the CSR paths
         # No row lists a sender twice (always so in a NeighborTable): each edge has one column.
-        ordered = self.padded_to.sort(dim=1).values
-        repeats = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)
-        self.distinct = not tracing and not bool(repeats.any())
+        self.distinct = False
+        if not tracing:
+            ordered = self.padded_to.sort(dim=1).values
+            self.distinct = not bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)).any())
         self.csr: dict[int, tuple[Tensor, Tensor]] = {}
-        self.neg_inf: dict[tuple[torch.dtype, int], tuple[Tensor, Tensor]] = {}
+        self.score_bases: dict[tuple[torch.dtype, int], tuple[Tensor, Tensor]] = {}
 
     def scores(self, logits: Tensor) -> Tensor:
         """``(M, N, N)`` (a view of ``(M, N, N + 1)`` with padding): the logits at their
         neighbours' columns, ``-inf`` elsewhere; padding slots land in the dropped last column."""
         m, n, k = logits.shape
         key = (logits.dtype, m)
-        if key not in self.neg_inf:  # cached: at B = 1 each expand costs ~1 us of ~15
+        if key not in self.score_bases:  # cached: at B = 1 each expand costs ~1 us of ~15
             cols = n + 1 if self.has_padding else n
-            if len(self.neg_inf) >= 8:
-                self.neg_inf.pop(next(iter(self.neg_inf)))
+            if len(self.score_bases) >= 8:
+                self.score_bases.pop(next(iter(self.score_bases)))
             base = logits.new_full((1, n, cols), float("-inf")).expand(m, n, cols)
-            self.neg_inf[key] = (base, self.padded_to.expand(m, n, k))
-        base, target = self.neg_inf[key]
+            self.score_bases[key] = (base, self.padded_to.expand(m, n, k))
+        base, target = self.score_bases[key]
         scores = base.scatter(2, target, logits)
         return scores.narrow(2, 0, n) if self.has_padding else scores
 
