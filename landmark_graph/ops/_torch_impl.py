@@ -107,8 +107,7 @@ def _is_tracing(t: Tensor) -> bool:
 class _TableInfo:
     """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
 
-    __slots__ = ("csr", "distinct", "edges", "has_padding", "padded_to", "safe", "score_bases", "valid",
-                 "version")
+    __slots__ = ("csr", "distinct", "edges", "has_padding", "padded_to", "plans", "safe", "valid", "version")
 
     def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
         self.version = index._version
@@ -124,22 +123,8 @@ class _TableInfo:
             ordered = self.padded_to.sort(dim=1).values
             self.distinct = not bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)).any())
         self.csr: dict[int, tuple[Tensor, Tensor]] = {}
-        self.score_bases: dict[tuple[torch.dtype, int], tuple[Tensor, Tensor]] = {}
-
-    def scores(self, logits: Tensor) -> Tensor:
-        """``(M, N, N)`` (a view of ``(M, N, N + 1)`` with padding): the logits at their
-        neighbours' columns, ``-inf`` elsewhere; padding slots land in the dropped last column."""
-        m, n, k = logits.shape
-        key = (logits.dtype, m)
-        if key not in self.score_bases:  # cached: at B = 1 each expand costs ~1 us of ~15
-            cols = n + 1 if self.has_padding else n
-            if len(self.score_bases) >= 8:
-                self.score_bases.pop(next(iter(self.score_bases)))
-            base = logits.new_full((1, n, cols), float("-inf")).expand(m, n, cols)
-            self.score_bases[key] = (base, self.padded_to.expand(m, n, k))
-        base, target = self.score_bases[key]
-        scores = base.scatter(2, target, logits)
-        return scores.narrow(2, 0, n) if self.has_padding else scores
+        # softmax_aggregate_torch's decisions and -inf bases, per call signature (see there).
+        self.plans: dict[tuple, tuple[Tensor, Tensor] | None] = {}
 
     def block_csr(self, batch: int, values: Tensor) -> Tensor:
         """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
@@ -247,25 +232,46 @@ def softmax_aggregate_torch(x: Tensor, logits: Tensor, index: Tensor,
     many, or a row lists a sender twice (the caller then runs ``edge_softmax`` and the
     aggregation).
 
-    The logits go to their neighbours' columns of an ``N x N`` matrix of ``-inf``, then one row
-    softmax and one product: the authors' three ops (for their masking, a scatter), which
-    autograd differentiates. Eager mode only.
+    The logits go to their neighbours' columns of an ``N x N`` matrix of ``-inf`` (padding slots
+    to an extra column, dropped), then one row softmax and one product: the authors' three ops
+    (for their masking, a scatter), which autograd differentiates. Eager mode only. The decision
+    and the ``-inf`` base are cached per call signature: at ``B = 1`` the whole call is ~15 us,
+    and deciding afresh cost a third of that.
     """
     b, n, d = x.shape
-    k = index.shape[1]
     shared = logits.dim() == 2
-    if b * n * d * k == 0 or (1 if shared else b) * n * n > _FUSED_SCORES_MAX:
+    info = _table_info(index, n, tracing=False)
+    key = (b, d, shared, backward, x.dtype, _forced())
+    plan = info.plans.get(key, False)
+    if plan is False:
+        if len(info.plans) >= 16:
+            info.plans.pop(next(iter(info.plans)))
+        plan = info.plans[key] = _fused_plan(info, x, index.shape[1], shared, backward)
+    if plan is None:
+        return None
+    base, target = plan
+    if logits.dtype != x.dtype:
+        logits = logits.to(x.dtype)
+    scores = base.scatter(2, target, logits[None] if shared else logits)
+    weights = (scores.narrow(2, 0, n) if info.has_padding else scores).softmax(dim=-1)
+    return torch.matmul(weights[0], x) if shared else torch.bmm(weights, x)
+
+
+def _fused_plan(info: _TableInfo, x: Tensor, k: int, shared: bool,
+                backward: bool) -> tuple[Tensor, Tensor] | None:
+    """``(base, target)`` for :func:`softmax_aggregate_torch`: the ``(M, N, N[+1])`` ``-inf``
+    matrix (a view) and the ``(M, N, K)`` scatter index; ``None`` when the fused path does not
+    apply."""
+    b, n, d = x.shape
+    m = 1 if shared else b
+    if b * n * d * k == 0 or m * n * n > _FUSED_SCORES_MAX or not info.distinct:
         return None
     form = choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward)
     if form != "dense":
         return None
-    if logits.dtype != x.dtype:
-        logits = logits.to(x.dtype)
-    info = _table_info(index, n, tracing=False)
-    if not info.distinct:
-        return None  # a repeated sender's two logits would share one column
-    weights = info.scores(logits[None] if shared else logits).softmax(dim=-1)
-    return torch.matmul(weights[0], x) if shared else torch.bmm(weights, x)
+    cols = n + 1 if info.has_padding else n
+    base = x.new_full((1, n, cols), float("-inf")).expand(m, n, cols)
+    return base, info.padded_to.expand(m, n, k)
 
 
 def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
