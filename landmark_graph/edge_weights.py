@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ._checks import check_floating, check_ndim, check_param_dtype, materialized
 from .ops import NeighborTable, edge_softmax
 
-__all__ = ["EDGE_WEIGHT_MODES", "DynamicAdjacency", "edge_softmax"]
+__all__ = ["EDGE_WEIGHT_MODES", "DynamicAdjacency"]
 
 EDGE_WEIGHT_MODES = ("dynamic", "static", "binary")
 

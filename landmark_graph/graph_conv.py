@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_floating, check_ndim, check_param_dtype, check_shape, materialized
-from .edge_weights import _as_table, edge_softmax
-from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
+from .edge_weights import _as_table
+from .ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
 
 __all__ = ["GraphConv", "GraphResidualBlock"]
 

@@ -15,7 +15,7 @@ from landmark_graph import (
     build_correlation_adjacency,
     index_order_adjacency,
 )
-from landmark_graph.edge_weights import edge_softmax
+from landmark_graph.ops import edge_softmax
 
 N = 7
 
