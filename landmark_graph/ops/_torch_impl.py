@@ -126,6 +126,16 @@ class _TableInfo:
         # softmax_aggregate_torch's decisions and -inf bases, per call signature (see there).
         self.plans: dict[tuple, tuple[Tensor, Tensor] | None] = {}
 
+    @property
+    def columns(self) -> int:
+        """Columns of a dense ``N x N`` matrix built from the table: padding slots scatter into an
+        extra last column ``N`` (:attr:`padded_to`), which :meth:`drop_padding` cuts off."""
+        return self.valid.shape[0] + self.has_padding
+
+    def drop_padding(self, matrix: Tensor) -> Tensor:
+        """``(M, N, N)`` view of a ``(M, N, columns)`` matrix."""
+        return matrix.narrow(2, 0, self.valid.shape[0]) if self.has_padding else matrix
+
     def block_csr(self, batch: int, values: Tensor) -> Tensor:
         """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
         if batch not in self.csr:
@@ -201,12 +211,8 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     if form == "dense":
         wb = weight[None] if shared else weight
         m = wb.shape[0]
-        if info.has_padding:
-            # Padding slots land in an extra column ``n`` that the product leaves out.
-            dense = x.new_zeros(m, n, n + 1).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
-            dense = dense.narrow(2, 0, n)
-        else:
-            dense = x.new_zeros(m, n, n).scatter_add_(2, index.expand(m, n, k), wb)
+        dense = x.new_zeros(m, n, info.columns).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
+        dense = info.drop_padding(dense)
         return torch.matmul(dense[0], x) if shared else torch.bmm(dense, x)
     if form == "sparse":
         matrix = info.block_csr(b, info.edge_values(weight, b))
@@ -253,7 +259,7 @@ def softmax_aggregate_torch(x: Tensor, logits: Tensor, index: Tensor,
     if logits.dtype != x.dtype:
         logits = logits.to(x.dtype)
     scores = base.scatter(2, target, logits[None] if shared else logits)
-    weights = (scores.narrow(2, 0, n) if info.has_padding else scores).softmax(dim=-1)
+    weights = info.drop_padding(scores).softmax(dim=-1)
     return torch.matmul(weights[0], x) if shared else torch.bmm(weights, x)
 
 
@@ -269,8 +275,7 @@ def _fused_plan(info: _TableInfo, x: Tensor, k: int, shared: bool,
     form = choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward)
     if form != "dense":
         return None
-    cols = n + 1 if info.has_padding else n
-    base = x.new_full((1, n, cols), float("-inf")).expand(m, n, cols)
+    base = x.new_full((1, n, info.columns), float("-inf")).expand(m, n, info.columns)
     return base, info.padded_to.expand(m, n, k)
 
 
