@@ -164,6 +164,88 @@ def test_softmax_aggregate_is_the_two_step_composition(monkeypatch, shared, form
             assert torch.autograd.gradgradcheck(fn, (x, a))
 
 
+def test_softmax_aggregate_ignores_minus_inf_and_large_padding_logits():
+    table = random_table(11, 3)
+    assert not table.valid.all()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 11, 5, generator=g, requires_grad=True)
+    for fill in (float("-inf"), -1e30, 1e30):
+        a = torch.randn(2, *table.index.shape, generator=g).masked_fill(~table.valid, fill).requires_grad_()
+        out = neighbor_softmax_aggregate(x, a, table)  # fused (dense formulation at this size)
+        want = neighbor_aggregate(x, edge_softmax(a, table.valid), table)
+        torch.testing.assert_close(out, want)
+        gx, ga = torch.autograd.grad(out.sum(), (x, a))
+        wx, wa = torch.autograd.grad(want.sum(), (x, a))
+        torch.testing.assert_close(gx, wx)
+        torch.testing.assert_close(ga, wa)
+        assert (ga[:, ~table.valid] == 0).all()
+
+
+def test_a_raw_table_wider_than_its_graph_runs_in_two_steps():
+    # K > N: a padded row may fill its N columns, with none left for its padding slot.
+    idx = torch.tensor([[0, 1, -1], [1, -1, -1]])
+    x, a = torch.randn(1, 2, 3), torch.randn(1, 2, 3)
+    want = neighbor_aggregate(x, edge_softmax(a, idx >= 0), idx)
+    torch.testing.assert_close(neighbor_softmax_aggregate(x, a, idx), want)
+
+
+@pytest.mark.parametrize("op", ["aggregate", "softmax_aggregate"])
+def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch, op):
+    fn = neighbor_aggregate if op == "aggregate" else neighbor_softmax_aggregate
+    table = random_table(9, 2)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 9, 4, generator=g)
+    a = torch.randn(3, *table.index.shape, generator=g)
+
+    def want(table: NeighborTable = table, x: torch.Tensor = x) -> torch.Tensor:
+        w = a if op == "aggregate" else edge_softmax(a, table.valid)
+        return dense_reference(x, w, table.index).float()
+
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x, a, table), want())
+    assert len(table._call_plans) == 1
+    torch.testing.assert_close(fn(x, a, table), want())  # the plan's hit
+    # Another signature is checked afresh: gradients, bad dtypes and shapes, the environment.
+    xg = x.clone().requires_grad_()
+    out = fn(xg, a, table)
+    assert out.requires_grad and len(table._call_plans) == 2
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), xg)[0],
+                               torch.autograd.grad(want(x=xg).sum(), xg)[0])
+    with pytest.raises(TypeError, match="has dtype"):
+        fn(x, a.double(), table)
+    with pytest.raises(ValueError, match="rows"):
+        fn(x[:, :5], a, table)
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "neither")
+    with pytest.raises(ValueError, match="LANDMARK_GRAPH_BACKEND"):
+        fn(x, a, table)
+    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "torch")
+    # A new graph, a moved table, an edited index: no stale plan runs.
+    perm = torch.randperm(9, generator=g)
+    table.set_adjacency(table.adjacency[perm][:, perm])  # relabelled: another table, the same K
+    assert not table._call_plans
+    torch.testing.assert_close(fn(x, a, table), want())
+    table.to(torch.float64)
+    assert not table._call_plans
+    fn(x, a, table)
+    full = int(table.valid.all(dim=1).nonzero()[0])
+    table.index[full] = table.index[full].flip(0)  # an in-place edit bumps the version
+    torch.testing.assert_close(fn(x, a, table), want())
+
+
+def test_a_table_with_plans_pickles_and_copies():
+    import copy
+    import pickle
+
+    table = random_table(9, 2)
+    x, a = torch.randn(2, 9, 4), torch.randn(2, *table.index.shape)
+    out = neighbor_softmax_aggregate(x, a, table)
+    neighbor_aggregate(x, a, table)
+    for clone in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):
+        assert not clone._call_plans
+        torch.testing.assert_close(neighbor_softmax_aggregate(x, a, clone), out)
+    assert len(table._call_plans) == 2
+
+
 def test_opcheck_both_ops():
     table = random_table(9, 2)
     g = torch.Generator().manual_seed(2)

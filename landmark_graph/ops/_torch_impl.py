@@ -10,7 +10,7 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
 - ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: for
   narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
 
-With logits instead of weights, :func:`softmax_aggregate_torch` runs the dense formulation
+With logits instead of weights, :class:`FusedSoftmaxAggregate` runs the dense formulation
 fused: the logits scattered into ``-inf``, one softmax, one ``bmm``.
 
 All three give the same numbers up to float rounding. Padding slots (``idx = -1``) are masked
@@ -32,13 +32,15 @@ from .._env import getenv
 
 __all__ = [
     "FORMULATIONS",
+    "FusedSoftmaxAggregate",
     "aggregate_reference",
     "aggregate_torch",
     "autograd_native",
     "choose_formulation",
     "edge_dot_reference",
     "edge_dot_torch",
-    "softmax_aggregate_torch",
+    "fused_softmax_aggregate",
+    "without_autocast",
 ]
 
 FORMULATIONS = ("dense", "sparse", "gather")
@@ -107,7 +109,8 @@ def _is_tracing(t: Tensor) -> bool:
 class _TableInfo:
     """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
 
-    __slots__ = ("csr", "distinct", "edges", "has_padding", "padded_to", "plans", "safe", "valid", "version")
+    __slots__ = ("_score_layout", "csr", "distinct", "edges", "has_padding", "padded_to", "safe", "valid",
+                 "version")
 
     def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
         self.version = index._version
@@ -123,18 +126,19 @@ class _TableInfo:
             ordered = self.padded_to.sort(dim=1).values
             self.distinct = not bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)).any())
         self.csr: dict[int, tuple[Tensor, Tensor]] = {}
-        # softmax_aggregate_torch's decisions and -inf bases, per call signature (see there).
-        self.plans: dict[tuple, tuple[Tensor, Tensor] | None] = {}
+        self._score_layout: tuple[Tensor, Tensor] | None = None
 
-    @property
-    def columns(self) -> int:
-        """Columns of a dense ``N x N`` matrix built from the table: padding slots scatter into an
-        extra last column ``N`` (:attr:`padded_to`), which :meth:`drop_padding` cuts off."""
-        return self.valid.shape[0] + self.has_padding
-
-    def drop_padding(self, matrix: Tensor) -> Tensor:
-        """``(M, N, N)`` view of a ``(M, N, columns)`` matrix."""
-        return matrix.narrow(2, 0, self.valid.shape[0]) if self.has_padding else matrix
+    def score_layout(self) -> tuple[Tensor, Tensor]:
+        """``(edges, target)``: the table as a ``BoolTensor[N, N]``, and a ``LongTensor[N, K]``
+        of columns for per-slot scores that has each padding slot on a column of its row outside
+        the graph (a padded row has fewer than ``K <= N`` neighbours, so one exists)."""
+        if self._score_layout is None:
+            n = self.valid.shape[0]
+            edges = torch.zeros(n, n + 1, dtype=torch.bool, device=self.valid.device)
+            edges = edges.scatter_(1, self.padded_to, True)[:, :n]
+            outside = (~edges).to(torch.uint8).argmax(dim=1, keepdim=True)  # a row's first non-edge
+            self._score_layout = edges, torch.where(self.valid, self.padded_to, outside)
+        return self._score_layout
 
     def block_csr(self, batch: int, values: Tensor) -> Tensor:
         """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
@@ -178,14 +182,19 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
+def without_autocast(fn: Any, first: Tensor, *args: Any) -> Tensor:
+    """``fn(first, *args)`` in the dtype of its inputs: autocast would otherwise recast a ``bmm``."""
+    if not _autocast_on(first.device.type):
+        return fn(first, *args)
+    with torch.autocast(first.device.type, enabled=False):
+        return fn(first, *args)
+
+
 def _no_autocast(fn):
-    """Run ``fn`` in the dtype of its inputs: autocast would otherwise recast the inner ``bmm``."""
+    """Decorator: :func:`without_autocast`."""
 
     def wrapper(first: Tensor, *args: Any) -> Tensor:
-        if not _autocast_on(first.device.type):
-            return fn(first, *args)
-        with torch.autocast(first.device.type, enabled=False):
-            return fn(first, *args)
+        return without_autocast(fn, first, *args)
 
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
@@ -211,8 +220,10 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     if form == "dense":
         wb = weight[None] if shared else weight
         m = wb.shape[0]
-        dense = x.new_zeros(m, n, info.columns).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
-        dense = info.drop_padding(dense)
+        # Padding slots add into an extra column N, cut off before the product.
+        dense = x.new_zeros(m, n, n + info.has_padding).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
+        if info.has_padding:
+            dense = dense.narrow(2, 0, n)
         return torch.matmul(dense[0], x) if shared else torch.bmm(dense, x)
     if form == "sparse":
         matrix = info.block_csr(b, info.edge_values(weight, b))
@@ -230,53 +241,52 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
 _FUSED_SCORES_MAX = 262144
 
 
-@_no_autocast
-def softmax_aggregate_torch(x: Tensor, logits: Tensor, index: Tensor,
-                            backward: bool = False) -> Tensor | None:
-    """``y[b,i] = sum_k softmax_k(logits[b,i])_k x[b, idx[i,k]]`` in the dense formulation, or
-    ``None`` where the shape's formulation is not the dense one, the ``N x N`` scores are too
-    many, or a row lists a sender twice (the caller then runs ``edge_softmax`` and the
-    aggregation).
+class FusedSoftmaxAggregate:
+    """``y[b,i] = sum_k softmax_k(logits[b,i])_k x[b, idx[i,k]]`` in the dense formulation, for
+    one call signature (batch, features, dtype, device, shared or per-image logits).
 
-    The logits go to their neighbours' columns of an ``N x N`` matrix of ``-inf`` (padding slots
-    to an extra column, dropped), then one row softmax and one product: the authors' three ops
-    (for their masking, a scatter), which autograd differentiates. Eager mode only. The decision
-    and the ``-inf`` base are cached per call signature: at ``B = 1`` the whole call is ~15 us,
-    and deciding afresh cost a third of that.
+    The logits are added into an ``N x N`` matrix that holds 0 on the graph's edges and
+    ``-inf`` elsewhere; a padding slot adds to a ``-inf`` of its row and stays ``-inf``. Then one
+    row softmax and one product: the authors' three ops (for their masking, a ``scatter_add``),
+    which autograd differentiates. A padding slot must hold a finite logit or ``-inf`` (``+inf``
+    or NaN there would turn its row NaN): that is what saves the view and copy of dropping an
+    extra padding column, ~30 % of the call at ``B = 1``. Call it with autocast off
+    (:func:`without_autocast`): it computes in ``x``'s dtype, which the logits must share.
+    """
+
+    __slots__ = ("base", "shared", "target")
+
+    def __init__(self, info: _TableInfo, x: Tensor, k: int, shared: bool) -> None:
+        b, n, _ = x.shape
+        edges, target = info.score_layout()
+        base = x.new_zeros(n, n).masked_fill_(~edges, float("-inf"))
+        # Shared logits stay 2-D (N x N scores, then a broadcast matmul): no per-call views.
+        self.base = base if shared else base.expand(b, n, n)
+        self.target = target if shared else target.expand(b, n, k)
+        self.shared = shared
+
+    def __call__(self, x: Tensor, logits: Tensor) -> Tensor:
+        weights = self.base.scatter_add(-1, self.target, logits).softmax(dim=-1)
+        return torch.matmul(weights, x) if self.shared else torch.bmm(weights, x)
+
+
+def fused_softmax_aggregate(x: Tensor, shared: bool, index: Tensor,
+                            backward: bool = False) -> FusedSoftmaxAggregate | None:
+    """The fused softmax-aggregation for calls shaped like this one (eager mode), or ``None``
+    where the shape's formulation is not the dense one, the ``N x N`` scores are too many, or a
+    row lists a sender twice (the caller then runs ``edge_softmax`` and the aggregation).
+
+    ``shared``: the logits are ``(N, K)``; ``backward``: a backward pass will follow.
     """
     b, n, d = x.shape
-    shared = logits.dim() == 2
+    k = index.shape[1]
     info = _table_info(index, n, tracing=False)
-    key = (b, d, shared, backward, x.dtype, _forced())
-    plan = info.plans.get(key, False)
-    if plan is False:
-        if len(info.plans) >= 16:
-            info.plans.pop(next(iter(info.plans)))
-        plan = info.plans[key] = _fused_plan(info, x, index.shape[1], shared, backward)
-    if plan is None:
-        return None
-    base, target = plan
-    if logits.dtype != x.dtype:
-        logits = logits.to(x.dtype)
-    scores = base.scatter(2, target, logits[None] if shared else logits)
-    weights = info.drop_padding(scores).softmax(dim=-1)
-    return torch.matmul(weights[0], x) if shared else torch.bmm(weights, x)
-
-
-def _fused_plan(info: _TableInfo, x: Tensor, k: int, shared: bool,
-                backward: bool) -> tuple[Tensor, Tensor] | None:
-    """``(base, target)`` for :func:`softmax_aggregate_torch`: the ``(M, N, N[+1])`` ``-inf``
-    matrix (a view) and the ``(M, N, K)`` scatter index; ``None`` when the fused path does not
-    apply."""
-    b, n, d = x.shape
     m = 1 if shared else b
-    if b * n * d * k == 0 or m * n * n > _FUSED_SCORES_MAX or not info.distinct:
+    # k > n: a row might have padding and no column outside the graph (score_layout).
+    if b * n * d * k == 0 or m * n * n > _FUSED_SCORES_MAX or k > n or not info.distinct:
         return None
     form = choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward)
-    if form != "dense":
-        return None
-    base = x.new_full((1, n, info.columns), float("-inf")).expand(m, n, info.columns)
-    return base, info.padded_to.expand(m, n, k)
+    return FusedSoftmaxAggregate(info, x, k, shared) if form == "dense" else None
 
 
 def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
