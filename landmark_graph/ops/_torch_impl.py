@@ -109,8 +109,8 @@ def _is_tracing(t: Tensor) -> bool:
 class _TableInfo:
     """Tensors derived from one neighbour table, cached on the table tensor in eager mode."""
 
-    __slots__ = ("_score_layout", "csr", "distinct", "edges", "has_padding", "padded_to", "safe", "valid",
-                 "version")
+    __slots__ = ("_score_layout", "_used_slots", "csr", "distinct", "edges", "has_padding", "padded_to",
+                 "safe", "valid", "version")
 
     def __init__(self, index: Tensor, n: int, tracing: bool) -> None:
         self.version = index._version
@@ -127,6 +127,7 @@ class _TableInfo:
             self.distinct = not bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] < n)).any())
         self.csr: dict[int, tuple[Tensor, Tensor]] = {}
         self._score_layout: tuple[Tensor, Tensor] | None = None
+        self._used_slots: Tensor | None = None
 
     def score_layout(self) -> tuple[Tensor, Tensor]:
         """``(edges, target)``: the table as a ``BoolTensor[N, N]``, and a ``LongTensor[N, K]``
@@ -159,10 +160,15 @@ class _TableInfo:
 
     def edge_values(self, weight: Tensor, batch: int) -> Tensor:
         """The weights of the used slots, image by image, row-major: CSR ``values``."""
+        if not self.has_padding:
+            return weight.reshape(-1).repeat(batch) if weight.dim() == 2 else weight.reshape(-1)
+        if self._used_slots is None:
+            self._used_slots = self.valid.reshape(-1).nonzero().squeeze(1)
+        # index_select with the slots' positions: half the time of a boolean mask, which
+        # looks the positions up again at every call.
         if weight.dim() == 2:
-            used = weight[self.valid] if self.has_padding else weight.reshape(-1)
-            return used.repeat(batch)
-        return (weight[:, self.valid] if self.has_padding else weight).reshape(-1)
+            return weight.reshape(-1).index_select(0, self._used_slots).repeat(batch)
+        return weight.reshape(weight.shape[0], -1).index_select(1, self._used_slots).reshape(-1)
 
 
 def _table_info(index: Tensor, n: int, tracing: bool) -> _TableInfo:
