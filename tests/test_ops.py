@@ -348,6 +348,12 @@ def test_autocast_computes_in_the_dtype_of_x():
         half = neighbor_aggregate(x.bfloat16(), w.float(), table)
     assert out.dtype == torch.float32 and half.dtype == torch.bfloat16
     torch.testing.assert_close(out, neighbor_aggregate(x, w.float(), table))
+    a = torch.randn(2, *table.index.shape)
+    eager = neighbor_softmax_aggregate(x, a, table)  # its plan must not run under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = neighbor_softmax_aggregate(x, a, table)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, eager)
 
 
 def test_empty_batch_and_shared_weight_gradient_is_summed():
@@ -426,12 +432,19 @@ def test_flop_counter_counts_the_sparse_work():
     table = random_table(20, 11)
     x = torch.randn(3, 20, 8, requires_grad=True)
     w = torch.rand(3, *table.index.shape, requires_grad=True)
+    neighbor_aggregate(x, w, table)  # an eager call first: under the mode its plan must not run
     with FlopCounterMode(display=False) as counter:
         neighbor_aggregate(x, w, table).sum().backward()
     k = table.max_degree
     # forward 2BNKD, backward: dx (2BNRD over the reverse table) and dw (2BNKD)
     r = table.reverse_index.shape[1]
     assert counter.get_total_flops() == 2 * 3 * 20 * 8 * (k + r + k)
+    # Eager, this call runs fused (an N x N bmm); under the mode, the op that counts its sparse work.
+    with torch.no_grad():
+        neighbor_softmax_aggregate(x, w, table)
+        with FlopCounterMode(display=False) as counter:
+            neighbor_softmax_aggregate(x, w, table)
+    assert counter.get_total_flops() == 2 * 3 * 20 * 8 * k
 
 
 @pytest.mark.slow
@@ -471,12 +484,15 @@ class _Layer(torch.nn.Module):
         return neighbor_aggregate(x, w, self.table)
 
 
-def test_torch_export_emits_standard_ops():
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+def test_torch_export_emits_standard_ops(strict):
     table = random_table(10, 13)
     x, w = torch.randn(2, 10, 4), torch.rand(2, *table.index.shape)
     layer = _Layer(table)
+    layer(x, w)  # an eager call first: its plan must not leak into the trace
+    assert table._call_plans
     batch = torch.export.Dim("batch", min=1)
-    ep = torch.export.export(layer, (x, w), dynamic_shapes=({0: batch}, {0: batch}))
+    ep = torch.export.export(layer, (x, w), dynamic_shapes=({0: batch}, {0: batch}), strict=strict)
     assert "landmark_graph" not in str(ep.graph)
     x5, w5 = torch.randn(5, 10, 4), torch.rand(5, *table.index.shape)
     torch.testing.assert_close(ep.module()(x5, w5), layer(x5, w5))

@@ -331,22 +331,23 @@ def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
 
 
 class _Plan(NamedTuple):
-    table: Tensor  # the index buffer the plan was made for, at
-    version: int  # this version: a replaced or edited table invalidates the plan
+    table: Tensor  # the index buffer the plan was checked against,
+    version: int  # and its version then: a replaced or edited table invalidates the plan
     run: Callable[[Tensor, Tensor], Tensor]
 
 
 _PLANS_PER_TABLE = 16
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
     lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+_dispatch_modes = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
 
 
 def _signature(op: str, x: object, weight: object, index: object) -> tuple | None:
     """The key of an eager call on a :class:`NeighborTable` with plain tensors, or ``None`` when
-    the call must take the full path (tracing, autocast, subclasses, a raw index)."""
+    the call must take the full path (tracing, autocast, subclasses, a raw index). Export traces
+    with dynamo (compiling) or under a dispatch mode: either ends here."""
     if (type(index) is not NeighborTable or type(x) is not Tensor or type(weight) is not Tensor
-            or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or _get_current_dispatch_mode() is not None or _any_autocast()
+            or torch.compiler.is_compiling() or _dispatch_modes() or _any_autocast()
             or torch._is_functional_tensor(x)):
         return None
     return (op, x.shape, weight.shape, x.dtype, weight.dtype, x.device, weight.device,
@@ -354,21 +355,27 @@ def _signature(op: str, x: object, weight: object, index: object) -> tuple | Non
             getenv(_BACKEND_ENV), getenv(_FORCE_ENV))
 
 
-def _planned(index: NeighborTable, key: tuple) -> Callable[[Tensor, Tensor], Tensor] | None:
-    plan = index._call_plans.get(key)
+def _planned(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable
+             ) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The plan of an earlier call with this one's signature, while its table is unchanged."""
+    key = _signature(op, x, weight, index)
+    plan = None if key is None else index._call_plans.get(key)  # type: ignore[union-attr]
     if plan is None:
         return None
-    table = index._buffers["index"]
+    table = index._buffers["index"]  # type: ignore[union-attr]
     return plan.run if plan.table is table and plan.version == table._version else None
 
 
-def _remember(index: object, key: tuple | None, run: Callable[[Tensor, Tensor], Tensor]) -> None:
+def _remember(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable,
+              run: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Keep ``run`` as the plan of calls with this one's signature (it passed the checks)."""
+    key = _signature(op, x, weight, index)
     if key is None:
         return
-    plans = index._call_plans  # type: ignore[attr-defined]
+    plans = index._call_plans  # type: ignore[union-attr]
     if len(plans) >= _PLANS_PER_TABLE:
-        plans.pop(next(iter(plans)))
-    table = index._buffers["index"]  # type: ignore[attr-defined]
+        plans.clear()  # one atomic call: threads may share the table
+    table = index._buffers["index"]  # type: ignore[union-attr]
     plans[key] = _Plan(table, table._version, run)
 
 
@@ -484,9 +491,9 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
         >>> neighbor_aggregate(x, torch.tensor([[0.5, 0.5], [2.0, 7.0]]), idx).tolist()
         [[[5.5], [20.0]]]
     """
-    key = _signature("aggregate", x, weight, index)
-    if key is not None and (run := _planned(index, key)) is not None:  # type: ignore[arg-type]
-        return run(x, weight)  # type: ignore[arg-type]
+    run = _planned("aggregate", x, weight, index)
+    if run is not None:
+        return run(x, weight)
     x, weight, idx = _check_inputs(x, weight, index)
     backend()  # a bad LANDMARK_GRAPH_BACKEND fails here, before any kernel
     if not isinstance(index, NeighborTable):
@@ -494,7 +501,7 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
     if tables is None:  # export, or compile with a raw index: the plain decomposition
         return aggregate_reference(x, weight, idx)
-    _remember(index, key, functools.partial(_aggregate_on, tables))
+    _remember("aggregate", x, weight, index, functools.partial(_aggregate_on, tables))
     return _aggregate(x, weight, *tables)
 
 
@@ -537,9 +544,9 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
         >>> neighbor_softmax_aggregate(x, torch.zeros(2, 2), idx).tolist()
         [[[5.5], [10.0]]]
     """
-    key = _signature("softmax_aggregate", x, logits, index)
-    if key is not None and (run := _planned(index, key)) is not None:  # type: ignore[arg-type]
-        return run(x, logits)  # type: ignore[arg-type]
+    run = _planned("softmax_aggregate", x, logits, index)
+    if run is not None:
+        return run(x, logits)
     x, logits, idx = _check_inputs(x, logits, index, "logits")
     choice = backend()
     if not isinstance(index, NeighborTable):
@@ -553,8 +560,8 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     if _eager(x) and not _use_triton(x, choice):
         fused = fused_softmax_aggregate(x, logits.dim() == 2, tables[0], _needs_graph(x, logits))
         if fused is not None:
-            _remember(index, key, fused)
+            _remember("softmax_aggregate", x, logits, index, fused)
             return without_autocast(fused, x, logits)
     valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
-    _remember(index, key, functools.partial(_softmax_aggregate_on, tables, valid))
+    _remember("softmax_aggregate", x, logits, index, functools.partial(_softmax_aggregate_on, tables, valid))
     return _aggregate(x, edge_softmax(logits, valid), *tables)
