@@ -189,13 +189,14 @@ def test_a_raw_table_wider_than_its_graph_runs_in_two_steps():
     torch.testing.assert_close(neighbor_softmax_aggregate(x, a, idx), want)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
 @pytest.mark.parametrize("op", ["aggregate", "softmax_aggregate"])
-def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch, op):
+def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch, op, shared):
     fn = neighbor_aggregate if op == "aggregate" else neighbor_softmax_aggregate
     table = random_table(9, 2)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 9, 4, generator=g)
-    a = torch.randn(3, *table.index.shape, generator=g)
+    a = torch.randn(*(() if shared else (3,)), *table.index.shape, generator=g)
 
     def want(table: NeighborTable = table, x: torch.Tensor = x) -> torch.Tensor:
         w = a if op == "aggregate" else edge_softmax(a, table.valid)
@@ -206,11 +207,15 @@ def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch
     assert len(table._call_plans) == 1
     torch.testing.assert_close(fn(x, a, table), want())  # the plan's hit
     # Another signature is checked afresh: gradients, bad dtypes and shapes, the environment.
-    xg = x.clone().requires_grad_()
-    out = fn(xg, a, table)
-    assert out.requires_grad and len(table._call_plans) == 2
-    torch.testing.assert_close(torch.autograd.grad(out.sum(), xg)[0],
-                               torch.autograd.grad(want(x=xg).sum(), xg)[0])
+    xg, ag = x.clone().requires_grad_(), a.clone().requires_grad_()
+    for _ in range(2):  # the full path, then the plan
+        out = fn(xg, ag, table)
+        assert out.requires_grad and len(table._call_plans) == 2
+        grads = torch.autograd.grad(out, (xg, ag), x)
+        w = ag if op == "aggregate" else edge_softmax(ag, table.valid)
+        wants = torch.autograd.grad(dense_reference(xg, w, table.index), (xg, ag), x.double())
+        for got, ref in zip(grads, wants, strict=True):
+            torch.testing.assert_close(got, ref.float())
     with pytest.raises(TypeError, match="has dtype"):
         fn(x, a.double(), table)
     with pytest.raises(ValueError, match="rows"):

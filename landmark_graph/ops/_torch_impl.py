@@ -32,11 +32,13 @@ from .._env import getenv
 
 __all__ = [
     "FORMULATIONS",
+    "DenseAggregate",
     "FusedSoftmaxAggregate",
     "aggregate_reference",
     "aggregate_torch",
     "autograd_native",
     "choose_formulation",
+    "dense_aggregate",
     "edge_dot_reference",
     "edge_dot_torch",
     "fused_softmax_aggregate",
@@ -224,13 +226,7 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, shared=shared, backward=backward)
     info = _table_info(index, n, tracing)
     if form == "dense":
-        wb = weight[None] if shared else weight
-        m = wb.shape[0]
-        # Padding slots add into an extra column N, cut off before the product.
-        dense = x.new_zeros(m, n, n + info.has_padding).scatter_add_(2, info.padded_to.expand(m, n, k), wb)
-        if info.has_padding:
-            dense = dense.narrow(2, 0, n)
-        return torch.matmul(dense[0], x) if shared else torch.bmm(dense, x)
+        return DenseAggregate(info, x, k, shared)(x, weight)
     if form == "sparse":
         matrix = info.block_csr(b, info.edge_values(weight, b))
         return torch.sparse.mm(matrix, x.reshape(b * n, d)).view(b, n, d)
@@ -239,6 +235,44 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     gathered = x.index_select(1, info.safe.reshape(-1)).view(b * n, k, d)
     wb = w.expand(b, n, k) if shared else w
     return torch.bmm(wb.reshape(b * n, 1, k), gathered).view(b, n, d)
+
+
+class DenseAggregate:
+    """``y = A x``, ``A`` the weights scattered into an ``N x N`` matrix per image (one matrix for
+    shared ``(N, K)`` weights), for calls shaped like ``x``: ``scatter_add`` into zeros (padding
+    slots into an extra column ``N``, cut off), then ``bmm`` (a broadcast ``matmul`` when shared).
+    ATen ops only, which autograd differentiates; ``weight`` in ``x``'s dtype."""
+
+    __slots__ = ("nodes", "padded", "shape", "target")
+
+    def __init__(self, info: _TableInfo, x: Tensor, k: int, shared: bool) -> None:
+        b, n, _ = x.shape
+        self.nodes, self.padded = n, info.has_padding
+        columns = n + info.has_padding
+        self.shape = (n, columns) if shared else (b, n, columns)
+        self.target = info.padded_to if shared else info.padded_to.expand(b, n, k)
+
+    def __call__(self, x: Tensor, weight: Tensor) -> Tensor:
+        dense = x.new_zeros(self.shape).scatter_add_(-1, self.target, weight)
+        if self.padded:
+            dense = dense.narrow(-1, 0, self.nodes)
+        return torch.matmul(dense, x) if len(self.shape) == 2 else torch.bmm(dense, x)
+
+
+def _runs_dense(x: Tensor, k: int, shared: bool, backward: bool) -> bool:
+    """Whether an eager call shaped like ``x`` runs the dense formulation (and is not empty)."""
+    b, n, d = x.shape
+    return b * n * d * k > 0 and choose_formulation(
+        b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward) == "dense"
+
+
+def dense_aggregate(x: Tensor, shared: bool, index: Tensor, backward: bool = False) -> DenseAggregate | None:
+    """The dense formulation for eager calls shaped like this one, or ``None`` where another
+    formulation (or an empty result) is due. ``shared``: the weights are ``(N, K)``."""
+    k = index.shape[1]
+    if not _runs_dense(x, k, shared, backward):
+        return None
+    return DenseAggregate(_table_info(index, x.shape[1], tracing=False), x, k, shared)
 
 
 # Beyond this many N x N scores the two-step path's (B, N, K) softmax costs less than the fused
@@ -284,28 +318,22 @@ def fused_softmax_aggregate(x: Tensor, shared: bool, index: Tensor,
 
     ``shared``: the logits are ``(N, K)``; ``backward``: a backward pass will follow.
     """
-    b, n, d = x.shape
+    b, n, _ = x.shape
     k = index.shape[1]
     info = _table_info(index, n, tracing=False)
-    m = 1 if shared else b
     # k > n: a row might have padding and no column outside the graph (score_layout).
-    if b * n * d * k == 0 or m * n * n > _FUSED_SCORES_MAX or k > n or not info.distinct:
+    if (1 if shared else b) * n * n > _FUSED_SCORES_MAX or k > n or not info.distinct:
         return None
-    form = choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward)
-    return FusedSoftmaxAggregate(info, x, k, shared) if form == "dense" else None
+    return FusedSoftmaxAggregate(info, x, k, shared) if _runs_dense(x, k, shared, backward) else None
 
 
 def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
     """Whether a call with a backward to come is best left to ATen's autograd: when it runs the
     dense formulation, whose ``bmm`` and ``scatter_add`` autograd differentiates with the op's
     own maths (``dx = A^T dy``; ``dw`` = the table's entries of ``dy x^T``) and no Python
-    backward (most of the time at ``B = 1``)."""
-    b, n, d = x.shape
-    k = index.shape[1]
-    if b * n * d * k == 0:
-        return False  # the op's empty result still needs a place in the graph
-    return choose_formulation(b, n, k, d, tracing=False, device=x.device, shared=weight.dim() == 2,
-                              backward=True) == "dense"  # only asked in eager mode
+    backward (most of the time at ``B = 1``). Only asked in eager mode; an empty call keeps
+    the op, whose empty result still needs a place in the graph."""
+    return _runs_dense(x, index.shape[1], weight.dim() == 2, backward=True)
 
 
 @_no_autocast

@@ -71,6 +71,7 @@ from ._torch_impl import (
     aggregate_reference,
     aggregate_torch,
     autograd_native,
+    dense_aggregate,
     edge_dot_reference,
     edge_dot_torch,
     fused_softmax_aggregate,
@@ -367,8 +368,8 @@ def _planned(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable
 
 
 def _remember(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable,
-              run: Callable[[Tensor, Tensor], Tensor]) -> None:
-    """Keep ``run`` as the plan of calls with this one's signature (it passed the checks)."""
+              plan: Callable[[], Callable[[Tensor, Tensor], Tensor]]) -> None:
+    """Keep ``plan()`` as the plan of calls with this one's signature (it passed the checks)."""
     key = _signature(op, x, weight, index)
     if key is None:
         return
@@ -376,7 +377,18 @@ def _remember(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable,
     if len(plans) >= _PLANS_PER_TABLE:
         plans.clear()  # one atomic call: threads may share the table
     table = index._buffers["index"]  # type: ignore[union-attr]
-    plans[key] = _Plan(table, table._version, run)
+    plans[key] = _Plan(table, table._version, plan())
+
+
+def _aggregate_plan(x: Tensor, weight: Tensor, tables: tuple[Tensor, ...]
+                    ) -> Callable[[Tensor, Tensor], Tensor]:
+    """What :func:`_aggregate` runs for eager calls like this one: the dense product's ATen ops
+    where that is the formulation, else :func:`_aggregate` itself."""
+    if not _use_triton(x):
+        dense = dense_aggregate(x, weight.dim() == 2, tables[0], _needs_graph(x, weight))
+        if dense is not None:
+            return dense
+    return functools.partial(_aggregate_on, tables)
 
 
 def _aggregate_on(tables: tuple[Tensor, ...], x: Tensor, weight: Tensor) -> Tensor:
@@ -501,7 +513,7 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
     if tables is None:  # export, or compile with a raw index: the plain decomposition
         return aggregate_reference(x, weight, idx)
-    _remember("aggregate", x, weight, index, functools.partial(_aggregate_on, tables))
+    _remember("aggregate", x, weight, index, lambda: _aggregate_plan(x, weight, tables))
     return _aggregate(x, weight, *tables)
 
 
@@ -560,8 +572,9 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     if _eager(x) and not _use_triton(x, choice):
         fused = fused_softmax_aggregate(x, logits.dim() == 2, tables[0], _needs_graph(x, logits))
         if fused is not None:
-            _remember("softmax_aggregate", x, logits, index, fused)
+            _remember("softmax_aggregate", x, logits, index, lambda: fused)
             return without_autocast(fused, x, logits)
     valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
-    _remember("softmax_aggregate", x, logits, index, functools.partial(_softmax_aggregate_on, tables, valid))
+    _remember("softmax_aggregate", x, logits, index,
+              lambda: functools.partial(_softmax_aggregate_on, tables, valid))
     return _aggregate(x, edge_softmax(logits, valid), *tables)
