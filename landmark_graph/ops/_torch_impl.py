@@ -11,7 +11,9 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
   narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
 
 With logits instead of weights, :class:`FusedSoftmaxAggregate` runs the dense formulation
-fused: the logits scattered into ``-inf``, one softmax, one ``bmm``.
+fused: the logits added into a matrix of 0 on the edges and ``-inf`` elsewhere, one softmax,
+one ``bmm``. :class:`DenseAggregate` and it are also the eager call plans of the two public
+functions (``aggregate.py``) where the dense formulation is chosen.
 
 All three give the same numbers up to float rounding. Padding slots (``idx = -1``) are masked
 to weight 0 and read node 0, so they add nothing (a non-finite feature is the exception: the
@@ -313,8 +315,8 @@ class FusedSoftmaxAggregate:
 def fused_softmax_aggregate(x: Tensor, shared: bool, index: Tensor,
                             backward: bool = False) -> FusedSoftmaxAggregate | None:
     """The fused softmax-aggregation for calls shaped like this one (eager mode), or ``None``
-    where the shape's formulation is not the dense one, the ``N x N`` scores are too many, or a
-    row lists a sender twice (the caller then runs ``edge_softmax`` and the aggregation).
+    where the shape's formulation is not the dense one, the ``N x N`` scores are too many, a row
+    lists a sender twice, or ``K > N`` (the caller then runs ``edge_softmax`` and the aggregation).
 
     ``shared``: the logits are ``(N, K)``; ``backward``: a backward pass will follow.
     """
