@@ -337,7 +337,7 @@ class _Plan(NamedTuple):
     run: Callable[[Tensor, Tensor], Tensor]
 
 
-_PLANS_PER_TABLE = 16
+_PLANS_PER_TABLE = 16  # signatures per table: in practice a few batch sizes × grad modes
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
     lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
 _dispatch_modes = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
