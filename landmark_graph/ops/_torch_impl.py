@@ -243,7 +243,9 @@ class DenseAggregate:
     """``y = A x``, ``A`` the weights scattered into an ``N x N`` matrix per image (one matrix for
     shared ``(N, K)`` weights), for calls shaped like ``x``: ``scatter_add`` into zeros (padding
     slots into an extra column ``N``, cut off), then ``bmm`` (a broadcast ``matmul`` when shared).
-    ATen ops only, which autograd differentiates; ``weight`` in ``x``'s dtype."""
+    Weights cannot take :class:`FusedSoftmaxAggregate`'s column outside the graph: a padding
+    weight there would enter the product. ATen ops only, which autograd differentiates;
+    ``weight`` in ``x``'s dtype."""
 
     __slots__ = ("nodes", "padded", "shape", "target")
 
