@@ -61,7 +61,6 @@ from torch import Tensor
 from torch._library.triton import set_wrap_triton_enabled
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
 from .._env import getenv
@@ -178,11 +177,14 @@ def _edge_dot_op(
 # a dispatch mode such as FlopCounterMode), the registered op runs, so tracers see it.
 
 
+_dispatch_modes = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
+
+
 def _eager(x: Tensor) -> bool:
     return not (
         torch.compiler.is_compiling()
         or (type(x) is not Tensor and is_fake(x))  # a plain Tensor is not fake: skip the 1.5 us test
-        or _get_current_dispatch_mode() is not None
+        or _dispatch_modes()
         or torch._is_functional_tensor(x)
     )
 
@@ -340,7 +342,6 @@ class _Plan(NamedTuple):
 _PLANS_PER_TABLE = 16  # signatures per table: in practice a few batch sizes × grad modes
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
     lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
-_dispatch_modes = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
 
 
 def _signature(op: str, x: object, weight: object, index: object) -> tuple | None:
@@ -348,8 +349,7 @@ def _signature(op: str, x: object, weight: object, index: object) -> tuple | Non
     the call must take the full path (tracing, autocast, subclasses, a raw index). Export traces
     with dynamo (compiling) or under a dispatch mode: either ends here."""
     if (type(index) is not NeighborTable or type(x) is not Tensor or type(weight) is not Tensor
-            or torch.compiler.is_compiling() or _dispatch_modes() or _any_autocast()
-            or torch._is_functional_tensor(x)):
+            or _any_autocast() or not _eager(x)):
         return None
     return (op, x.shape, weight.shape, x.dtype, weight.dtype, x.device, weight.device,
             torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad),
