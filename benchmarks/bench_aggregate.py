@@ -12,6 +12,8 @@ Every method computes the same thing a graph layer needs, from logits to feature
 - ``gather+einsum``: ``x[:, idx]`` as a ``(B, N, K, D)`` tensor, then ``einsum``.
 - ``sparse-coo`` / ``sparse-csr``: the ``B`` graphs as one block-diagonal ``torch.sparse``
   matrix, then ``torch.sparse.mm``.
+- ``embedding-bag``: the same CSR matrix as ``F.embedding_bag`` with per-sample weights (each
+  output row a weighted bag of ``x``'s rows; FBGEMM on CPU).
 - ``torch_scatter`` / ``pyg``: when those packages are installed.
 
 ``fwd`` times the forward pass; ``fwd+bwd`` adds the backward pass to ``x`` and the logits.
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -124,9 +127,14 @@ def build_methods(table: NeighborTable, b: int, d: int, device: torch.device, dt
         a = torch.sparse_csr_tensor(crow, col_indices, w, (b * n, b * n))
         return torch.sparse.mm(a, x.reshape(b * n, d)).view(b, n, d)
 
+    def embedding_bag() -> torch.Tensor:
+        w = edge_softmax(logits, valid)[:, valid].reshape(-1)
+        return F.embedding_bag(col_indices, x.reshape(b * n, d), crow, mode="sum", per_sample_weights=w,
+                               include_last_offset=True).view(b, n, d)
+
     methods: dict[str, Callable[[], torch.Tensor]] = {
         "op": op, "2-step": two_step, "dense": dense, "gather+einsum": gather_einsum,
-        "sparse-coo": sparse_coo, "sparse-csr": sparse_csr,
+        "sparse-coo": sparse_coo, "sparse-csr": sparse_csr, "embedding-bag": embedding_bag,
     }
     if importlib.util.find_spec("torch_scatter") is not None:
         import torch_scatter

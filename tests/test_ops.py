@@ -124,6 +124,33 @@ def test_every_cpu_formulation_agrees(monkeypatch, form, n, d):
             torch.testing.assert_close(gw, rw.float(), atol=1e-4, rtol=1e-4)
 
 
+# Half-precision inputs, float32 accumulation: errors of a few roundings of the output.
+HALF_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("form", FORMULATIONS)
+@pytest.mark.parametrize("dtype", list(HALF_TOL), ids=str)
+def test_every_cpu_formulation_runs_half_precision(monkeypatch, form, dtype):
+    # sampled_addmm (the sparse weight gradient) has no half kernel on CPU: it must not be asked.
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", form)
+    table = random_table(29, 3)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(5, 29, 16, generator=g).to(dtype).requires_grad_()
+    for w in (torch.rand(5, *table.index.shape, generator=g), torch.rand(*table.index.shape, generator=g)):
+        w = w.to(dtype).requires_grad_()
+        out = neighbor_aggregate(x, w, table)
+        assert out.dtype == dtype
+        grad = torch.randn(out.shape, generator=g).to(dtype)
+        gx, gw = torch.autograd.grad(out, (x, w), grad)
+        xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        ref = dense_reference(xd, wd, table.index)
+        rx, rw = torch.autograd.grad(ref, (xd, wd), grad.double())
+        tol = HALF_TOL[dtype]
+        for got, want in ((out, ref), (gx, rx), (gw, rw)):
+            scale = float(want.detach().abs().max())
+            torch.testing.assert_close(got.double(), want.detach(), rtol=tol, atol=tol * scale)
+
+
 @pytest.mark.parametrize("form", FORMULATIONS)
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
 def test_gradcheck_and_gradgradcheck_float64(monkeypatch, shared, form):
@@ -189,9 +216,12 @@ def test_a_raw_table_wider_than_its_graph_runs_in_two_steps():
     torch.testing.assert_close(neighbor_softmax_aggregate(x, a, idx), want)
 
 
+@pytest.mark.parametrize("form", FORMULATIONS)
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
 @pytest.mark.parametrize("op", ["aggregate", "softmax_aggregate"])
-def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch, op, shared):
+def test_repeated_calls_reuse_a_checked_plan_until_something_changes(monkeypatch, op, shared, form):
+    # dense: plans of ATen calls (fused for the softmax); sparse: embedding bags without grad.
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", form)
     fn = neighbor_aggregate if op == "aggregate" else neighbor_softmax_aggregate
     table = random_table(9, 2)
     g = torch.Generator().manual_seed(7)

@@ -5,15 +5,18 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
 
 - ``"dense"``: scatter the weights into a ``(B, N, N)`` matrix, then one ``bmm``. ``N / K`` times
   more arithmetic than needed, but a BLAS call is hard to beat at the sizes of a landmark graph.
-- ``"sparse"``: the ``B`` graphs as one block-diagonal CSR matrix (``torch.sparse.mm``; for the
-  weight gradient ``torch.sparse.sampled_addmm``): the least arithmetic, wins at large ``N * D``.
+- ``"sparse"``: the ``B`` graphs as one block-diagonal CSR matrix, multiplied as embedding
+  bags (``F.embedding_bag`` with per-sample weights: each output row is a weighted bag of ``x``'s
+  rows; FBGEMM's kernel on CPU, 3-8x faster than ``torch.sparse.mm`` on the same matrix); for
+  the weight gradient ``torch.sparse.sampled_addmm``. The least arithmetic: wins from a few
+  images up.
 - ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: for
   narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
 
 With logits instead of weights, :class:`FusedSoftmaxAggregate` runs the dense formulation
 fused: the logits added into a matrix of 0 on the edges and ``-inf`` elsewhere, one softmax,
-one ``bmm``. :class:`DenseAggregate` and it are also the eager call plans of the two public
-functions (``aggregate.py``) where the dense formulation is chosen.
+one ``bmm``. It, :class:`DenseAggregate` and :class:`BagAggregate` are also the eager call
+plans of the two public functions (``aggregate.py``): :func:`aggregate_plan`.
 
 All three give the same numbers up to float rounding. Padding slots (``idx = -1``) are masked
 to weight 0 and read node 0, so they add nothing (a non-finite feature is the exception: the
@@ -24,9 +27,10 @@ deterministic.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
@@ -34,13 +38,14 @@ from .._env import getenv
 
 __all__ = [
     "FORMULATIONS",
+    "BagAggregate",
     "DenseAggregate",
     "FusedSoftmaxAggregate",
+    "aggregate_plan",
     "aggregate_reference",
     "aggregate_torch",
     "autograd_native",
     "choose_formulation",
-    "dense_aggregate",
     "edge_dot_reference",
     "edge_dot_torch",
     "fused_softmax_aggregate",
@@ -65,20 +70,49 @@ def _forced() -> str | None:
     return value
 
 
+class _Crossover(NamedTuple):
+    """Where the embedding bags overtake the dense product for one kind of call: at
+    ``B*N*N*(D + offset) >= work`` (the dense product's multiply-adds, plus its per-image costs
+    that do not grow with ``D`` in units of ``D``), from ``nodes`` nodes and ``features``
+    features up."""
+
+    offset: int
+    work: float
+    nodes: int = 0
+    features: int = 0
+
+
+# Keyed by (op, backward, shared). Fitted to dense/bags time ratios measured on 2 threads of a
+# 2-core x86 CPU (MKL, FBGEMM) for N in {29, 48, 68, 98}, K in {4, 7}, D in {2, 128, 256},
+# B in {1, 4, 16, 64, 256}; on one thread the forward crossovers sit ~1.5-2x higher. With a
+# backward, the bags run an autograd Function (~50 us of Python) against autograd's own
+# record of the dense ATen calls; a softmax before them also runs fused only when dense.
+_CROSSOVERS = {
+    ("aggregate", False, False): _Crossover(32, 2e6),
+    ("aggregate", True, False): _Crossover(8, 16e6, nodes=48),
+    ("aggregate", False, True): _Crossover(8, 4e6),
+    ("aggregate", True, True): _Crossover(8, 5e6, features=9),
+    ("softmax_aggregate", False, False): _Crossover(128, 6e6),
+    ("softmax_aggregate", True, False): _Crossover(8, 20e6, nodes=64),
+    ("softmax_aggregate", False, True): _Crossover(64, 30e6),
+    ("softmax_aggregate", True, True): _Crossover(8, 5e6, features=9),
+}
+
+
 def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tracing: bool,
                        device: torch.device, op: str = "aggregate", shared: bool = False,
                        backward: bool = False) -> str:
     """The formulation for one call; ``tracing`` (fake tensors, compile, export) forces ``"dense"``.
 
-    ``backward``: a backward pass will follow, in which the dense matrix (saved by autograd)
-    makes ``dx = A^T dy`` one ``bmm``: that favours the dense formulation beyond its forward cost.
+    ``op``: ``"aggregate"``, ``"softmax_aggregate"`` (the fused softmax is the dense
+    formulation) or ``"edge_dot"``. ``shared``: the weights are ``(N, K)``. ``backward``: a
+    backward pass will follow; the dense matrix autograd saved then makes ``dx = A^T dy`` one
+    ``bmm`` with no Python backward.
 
-    The rule comes from ``benchmarks/bench_aggregate.py --formulations`` on a 2-core x86 CPU
-    (MKL); the boundaries are rough (timings move by 10-20 % between runs): the dense ``bmm``
-    wins while ``N`` is small; the block-diagonal CSR product is level with it around
-    ``N = 68`` and ahead at ``N = 98`` (forward alone: 0.45-0.86 of the dense time at
-    ``N = 98``, ``B = 16-256``, one thread); for the weight gradient, ``sampled_addmm`` from
-    ``N ~ 64``; a plain gather wins for narrow features.
+    The dense formulation builds a ``B x N x N`` matrix (one ``N x N`` when shared) and runs
+    ``B*N*N*D`` multiply-adds, the embedding bags ``B*N*K*D``: the bags win from some amount of
+    dense work up (``_CROSSOVERS``, measured; near a crossover the two are within the 10-20 %
+    noise of the machine).
     """
     if tracing:
         return "dense"
@@ -88,18 +122,15 @@ def choose_formulation(batch: int, nodes: int, degree: int, features: int, *, tr
     if device.type != "cpu":
         # cuSPARSE and friends were not measured: the dense product is a safe GPU default.
         return "dense"
-    if features <= 8:
-        # Narrow features (the F -> 2 output layer): the setup of the other two dominates.
-        return "gather" if nodes > 48 else "dense"
     if op == "edge_dot":
+        if features <= 8:  # narrow features (the F -> 2 output layer): setup dominates
+            return "gather" if nodes > 48 else "dense"
         # sampled_addmm computes only the B*N*K needed dots, the dense bmm all B*N*N.
-        return "sparse" if nodes >= 64 and batch >= 16 else "dense"
-    if shared:
-        return "dense"
-    if backward:
-        # The saved matrix makes the backward one bmm: worth it unless N and B*D are large.
-        return "sparse" if nodes >= 96 and batch * features >= 16384 else "dense"
-    return "sparse" if nodes >= 64 and batch >= 16 else "dense"
+        return "sparse" if batch * nodes >= 1024 else "dense"
+    at = _CROSSOVERS[op, backward, shared]
+    bags = (batch * nodes * nodes * (features + at.offset) >= at.work and nodes >= at.nodes
+            and features >= at.features)
+    return "sparse" if bags else "dense"
 
 
 def _masked(weight: Tensor, valid: Tensor) -> Tensor:
@@ -145,8 +176,8 @@ class _TableInfo:
             self._score_layout = edges, torch.where(self.valid, self.padded_to, outside)
         return self._score_layout
 
-    def block_csr(self, batch: int, values: Tensor) -> Tensor:
-        """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
+    def block_structure(self, batch: int) -> tuple[Tensor, Tensor]:
+        """``(crow, cols)``: the ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR pattern."""
         if batch not in self.csr:
             n = self.valid.shape[0]
             cols = self.safe[self.valid]  # row-major: each row's neighbours in table order
@@ -156,7 +187,11 @@ class _TableInfo:
             if len(self.csr) >= 8:
                 self.csr.pop(next(iter(self.csr)))
             self.csr[batch] = (crow, (cols[None, :] + offsets[:, None]).reshape(-1))
-        crow, cols = self.csr[batch]
+        return self.csr[batch]
+
+    def block_csr(self, batch: int, values: Tensor) -> Tensor:
+        """The ``B`` graphs as one ``(B*N, B*N)`` block-diagonal CSR matrix."""
+        crow, cols = self.block_structure(batch)
         size = crow.numel() - 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
@@ -230,8 +265,7 @@ def aggregate_torch(x: Tensor, weight: Tensor, index: Tensor, backward: bool = F
     if form == "dense":
         return DenseAggregate(info, x, k, shared)(x, weight)
     if form == "sparse":
-        matrix = info.block_csr(b, info.edge_values(weight, b))
-        return torch.sparse.mm(matrix, x.reshape(b * n, d)).view(b, n, d)
+        return BagAggregate(info, x)(x, weight)
     # gather
     w = _masked(weight, info.valid) if info.has_padding else weight
     gathered = x.index_select(1, info.safe.reshape(-1)).view(b * n, k, d)
@@ -263,20 +297,47 @@ class DenseAggregate:
         return torch.matmul(dense, x) if len(self.shape) == 2 else torch.bmm(dense, x)
 
 
-def _runs_dense(x: Tensor, k: int, shared: bool, backward: bool) -> bool:
-    """Whether an eager call shaped like ``x`` runs the dense formulation (and is not empty)."""
+class BagAggregate:
+    """``y = A x``, ``A`` the ``B`` graphs as one block-diagonal CSR matrix, for calls shaped like
+    ``x``: each output row an embedding bag of ``x``'s rows weighted by the row's values
+    (``F.embedding_bag``; on CPU FBGEMM's kernel, 3-8x faster than ``torch.sparse.mm`` on the
+    same matrix). Forward only: the op's backward (bags again, and ``sampled_addmm``) beats the
+    bags' own."""
+
+    __slots__ = ("batch", "cols", "crow", "info", "rows")
+
+    def __init__(self, info: _TableInfo, x: Tensor) -> None:
+        b, n, d = x.shape
+        self.crow, self.cols = info.block_structure(b)
+        self.info, self.batch, self.rows = info, b, (b * n, d)
+
+    def __call__(self, x: Tensor, weight: Tensor) -> Tensor:
+        values = self.info.edge_values(weight, self.batch)
+        return F.embedding_bag(self.cols, x.reshape(self.rows), self.crow, mode="sum",
+                               per_sample_weights=values, include_last_offset=True).view(x.shape)
+
+
+def _formulation(x: Tensor, k: int, shared: bool, backward: bool, op: str = "aggregate") -> str | None:
+    """The formulation of an eager call shaped like ``x`` (``None`` when empty)."""
     b, n, d = x.shape
-    return b * n * d * k > 0 and choose_formulation(
-        b, n, k, d, tracing=False, device=x.device, shared=shared, backward=backward) == "dense"
-
-
-def dense_aggregate(x: Tensor, shared: bool, index: Tensor, backward: bool = False) -> DenseAggregate | None:
-    """The dense formulation for eager calls shaped like this one, or ``None`` where another
-    formulation (or an empty result) is due. ``shared``: the weights are ``(N, K)``."""
-    k = index.shape[1]
-    if not _runs_dense(x, k, shared, backward):
+    if b * n * d * k == 0:
         return None
-    return DenseAggregate(_table_info(index, x.shape[1], tracing=False), x, k, shared)
+    return choose_formulation(b, n, k, d, tracing=False, device=x.device, op=op, shared=shared,
+                              backward=backward)
+
+
+def aggregate_plan(x: Tensor, shared: bool, index: Tensor,
+                   backward: bool = False) -> DenseAggregate | BagAggregate | None:
+    """The ATen calls that eager calls shaped like this one run: the dense formulation's (which
+    autograd differentiates), or with no ``backward`` to follow the embedding bags; ``None``
+    elsewhere (the op's autograd Function, or an empty result). ``shared``: weights ``(N, K)``."""
+    k = index.shape[1]
+    form = _formulation(x, k, shared, backward)
+    if form == "dense":
+        return DenseAggregate(_table_info(index, x.shape[1], tracing=False), x, k, shared)
+    if form == "sparse" and not backward:
+        return BagAggregate(_table_info(index, x.shape[1], tracing=False), x)
+    return None
 
 
 # Beyond this many N x N scores the two-step path's (B, N, K) softmax costs less than the fused
@@ -328,7 +389,9 @@ def fused_softmax_aggregate(x: Tensor, shared: bool, index: Tensor,
     # k > n: a row might have padding and no column outside the graph (score_layout).
     if (1 if shared else b) * n * n > _FUSED_SCORES_MAX or k > n or not info.distinct:
         return None
-    return FusedSoftmaxAggregate(info, x, k, shared) if _runs_dense(x, k, shared, backward) else None
+    if _formulation(x, k, shared, backward, op="softmax_aggregate") != "dense":
+        return None
+    return FusedSoftmaxAggregate(info, x, k, shared)
 
 
 def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
@@ -337,7 +400,7 @@ def autograd_native(x: Tensor, weight: Tensor, index: Tensor) -> bool:
     own maths (``dx = A^T dy``; ``dw`` = the table's entries of ``dy x^T``) and no Python
     backward (most of the time at ``B = 1``). Only asked in eager mode; an empty call keeps
     the op, whose empty result still needs a place in the graph."""
-    return _runs_dense(x, index.shape[1], weight.dim() == 2, backward=True)
+    return _formulation(x, index.shape[1], weight.dim() == 2, backward=True) == "dense"
 
 
 @_no_autocast
@@ -351,6 +414,8 @@ def edge_dot_torch(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
         return x.new_zeros(b, n, k)
     tracing = _is_tracing(x)
     form = choose_formulation(b, n, k, d, tracing=tracing, device=x.device, op="edge_dot")
+    if form == "sparse" and x.dtype not in (torch.float32, torch.float64):
+        form = "dense"  # sampled_addmm has no half-precision CPU kernel
     info = _table_info(index, n, tracing)
     if form == "dense":
         scores = torch.bmm(a, x.transpose(1, 2))  # (B, N, N)

@@ -67,10 +67,10 @@ from .._env import getenv
 from ._torch_impl import (
     _FORCE_ENV,
     _autocast_on,
+    aggregate_plan,
     aggregate_reference,
     aggregate_torch,
     autograd_native,
-    dense_aggregate,
     edge_dot_reference,
     edge_dot_torch,
     fused_softmax_aggregate,
@@ -382,12 +382,12 @@ def _remember(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable,
 
 def _aggregate_plan(x: Tensor, weight: Tensor, tables: tuple[Tensor, ...]
                     ) -> Callable[[Tensor, Tensor], Tensor]:
-    """What :func:`_aggregate` runs for eager calls like this one: the dense product's ATen ops
-    where that is the formulation, else :func:`_aggregate` itself."""
+    """What :func:`_aggregate` runs for eager calls like this one: the PyTorch formulation's ATen
+    calls where they need no autograd Function (:func:`aggregate_plan`), else :func:`_aggregate`."""
     if not _use_triton(x):
-        dense = dense_aggregate(x, weight.dim() == 2, tables[0], _needs_graph(x, weight))
-        if dense is not None:
-            return dense
+        plan = aggregate_plan(x, weight.dim() == 2, tables[0], _needs_graph(x, weight))
+        if plan is not None:
+            return plan
     return functools.partial(_aggregate_on, tables)
 
 
@@ -395,8 +395,9 @@ def _aggregate_on(tables: tuple[Tensor, ...], x: Tensor, weight: Tensor) -> Tens
     return _aggregate(x, weight, *tables)
 
 
-def _softmax_aggregate_on(tables: tuple[Tensor, ...], valid: Tensor, x: Tensor, logits: Tensor) -> Tensor:
-    return _aggregate(x, edge_softmax(logits, valid), *tables)
+def _softmax_then(valid: Tensor, aggregate: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+                  logits: Tensor) -> Tensor:
+    return aggregate(x, edge_softmax(logits, valid))
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,5 +577,5 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
             return without_autocast(fused, x, logits)
     valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
     _remember("softmax_aggregate", x, logits, index,
-              lambda: functools.partial(_softmax_aggregate_on, tables, valid))
+              lambda: functools.partial(_softmax_then, valid, _aggregate_plan(x, logits, tables)))
     return _aggregate(x, edge_softmax(logits, valid), *tables)
