@@ -208,6 +208,24 @@ def test_softmax_aggregate_ignores_minus_inf_and_large_padding_logits():
         assert (ga[:, ~table.valid] == 0).all()
 
 
+@pytest.mark.parametrize("index", ["table", "raw"])
+def test_inference_bags_take_the_softmax_in_a_slot_major_layout(monkeypatch, index):
+    # The sparse formulation without grad gathers the logits into (K, B*N), padding reading an
+    # appended -inf: any padding logit, even +inf or NaN, is ignored there.
+    monkeypatch.setenv("LANDMARK_GRAPH_CPU_FORMULATION", "sparse")
+    table = random_table(13, 4)
+    idx = table if index == "table" else table.index
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 13, 6, generator=g)
+    for fill in (float("-inf"), 1e30, float("inf"), float("nan")):
+        a = torch.randn(3, *table.index.shape, generator=g)
+        want = dense_reference(x, edge_softmax(a, table.valid), table.index).float()
+        a = a.masked_fill(~table.valid, fill)
+        with torch.no_grad():
+            for _ in range(2):  # the full path, then the plan
+                torch.testing.assert_close(neighbor_softmax_aggregate(x, a, idx), want)
+
+
 def test_a_raw_table_wider_than_its_graph_runs_in_two_steps():
     # K > N: a padded row may fill its N columns, with none left for its padding slot.
     idx = torch.tensor([[0, 1, -1], [1, -1, -1]])

@@ -73,7 +73,7 @@ from ._torch_impl import (
     autograd_native,
     edge_dot_reference,
     edge_dot_torch,
-    fused_softmax_aggregate,
+    softmax_aggregate_plan,
     without_autocast,
 )
 from .edge_softmax import edge_softmax
@@ -571,10 +571,10 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     if tables is None:  # export, or compile with a raw index: the plain decomposition
         return aggregate_reference(x, edge_softmax(logits, idx >= 0), idx)
     if _eager(x) and not _use_triton(x, choice):
-        fused = fused_softmax_aggregate(x, logits.dim() == 2, tables[0], _needs_graph(x, logits))
-        if fused is not None:
-            _remember("softmax_aggregate", x, logits, index, lambda: fused)
-            return without_autocast(fused, x, logits)
+        plan = softmax_aggregate_plan(x, logits.dim() == 2, tables[0], _needs_graph(x, logits))
+        if plan is not None:
+            _remember("softmax_aggregate", x, logits, index, lambda: plan)
+            return without_autocast(plan, x, logits)
     valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
     _remember("softmax_aggregate", x, logits, index,
               lambda: functools.partial(_softmax_then, valid, _aggregate_plan(x, logits, tables)))
