@@ -527,12 +527,13 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
 
     over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`. The same numbers as
     ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, and that is what runs on
-    GPU, while tracing, and for large batches or graphs. For small ones on CPU (shared logits,
-    or up to 262144 ``N x N`` scores: ``B <= 311`` at 29 nodes, ``B <= 27`` at 98) it runs fused
-    instead: the logits are added into an ``N x N`` matrix of 0 on the edges and ``-inf``
-    elsewhere, which is softmaxed and multiplied, three ATen ops that autograd differentiates,
-    as many as the authors' masked softmax and ``bmm``; what decides there is the count of
-    calls, not arithmetic. Repeated calls on a :class:`NeighborTable` with the same shapes,
+    GPU, while tracing, and for large graphs and batches in training. On CPU, where the dense
+    formulation is chosen (small graphs and batches), it runs fused instead: the logits are
+    added into an ``N x N`` matrix of 0 on the edges and ``-inf`` elsewhere, which is
+    softmaxed and multiplied, three ATen ops that autograd differentiates, as many as the
+    authors' masked softmax and ``bmm``. For inference with per-image logits where the
+    embedding bags are chosen, the softmax runs over a slot-major copy of the logits that
+    feeds the bags directly. Repeated calls on a :class:`NeighborTable` with the same shapes,
     dtypes and devices skip the input checks (see the module docs).
 
     Args:
