@@ -10,8 +10,9 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
   rows; FBGEMM's kernel on CPU, 3-8x faster than ``torch.sparse.mm`` on the same matrix); for
   the weight gradient ``torch.sparse.sampled_addmm``. The least arithmetic: wins from a few
   images up.
-- ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: for
-  narrow features (the ``F -> 2`` output layer), where the other two waste their setup.
+- ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: the
+  weight gradient of narrow features (the ``F -> 2`` output layer), where the other two waste
+  their setup; the aggregation itself only when pinned (the bags beat it at every measured shape).
 
 With logits instead of weights, :class:`FusedSoftmaxAggregate` runs the dense formulation
 fused: the logits added into a matrix of 0 on the edges and ``-inf`` elsewhere, one softmax,
