@@ -12,7 +12,8 @@ Three formulations of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]`` (and of its wei
   images up.
 - ``"gather"``: ``index_select`` the neighbours, then a batched ``(1, K) @ (K, D)`` product: the
   weight gradient of narrow features (the ``F -> 2`` output layer), where the other two waste
-  their setup; the aggregation itself only when pinned (the bags beat it at every measured shape).
+  their setup; the aggregation itself only when pinned (the dense product or the bags beat it at
+  every measured shape).
 
 With logits instead of weights, :class:`FusedSoftmaxAggregate` runs the dense formulation
 fused: the logits added into a matrix of 0 on the edges and ``-inf`` elsewhere, one softmax,
