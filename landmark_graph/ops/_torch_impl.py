@@ -202,17 +202,22 @@ class _TableInfo:
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             return torch.sparse_csr_tensor(crow, cols, values, (size, size), check_invariants=False)
 
+    def used_slots(self) -> Tensor:
+        """``LongTensor[E]``: the flat positions ``i * K + k`` of the used slots, row-major (the
+        order of a CSR row's values)."""
+        if self._used_slots is None:
+            self._used_slots = self.valid.reshape(-1).nonzero().squeeze(1)
+        return self._used_slots
+
     def edge_values(self, weight: Tensor, batch: int) -> Tensor:
         """The weights of the used slots, image by image, row-major: CSR ``values``."""
         if not self.has_padding:
             return weight.reshape(-1).repeat(batch) if weight.dim() == 2 else weight.reshape(-1)
-        if self._used_slots is None:
-            self._used_slots = self.valid.reshape(-1).nonzero().squeeze(1)
         # index_select with the slots' positions: half the time of a boolean mask, which
         # looks the positions up again at every call.
         if weight.dim() == 2:
-            return weight.reshape(-1).index_select(0, self._used_slots).repeat(batch)
-        return weight.reshape(weight.shape[0], -1).index_select(1, self._used_slots).reshape(-1)
+            return weight.reshape(-1).index_select(0, self.used_slots()).repeat(batch)
+        return weight.reshape(weight.shape[0], -1).index_select(1, self.used_slots()).reshape(-1)
 
 
 def _table_info(index: Tensor, n: int, tracing: bool) -> _TableInfo:
@@ -345,9 +350,9 @@ class BagSoftmaxAggregate:
         source = torch.arange(slots, device=device).view(b * n, k).t()
         self.slot_major = torch.where(info.valid.t().repeat(1, b), source, slots).reshape(-1)
         # The used slots in CSR order (image, row, slot), as positions k * B*N + r.
-        rows, slot = info.valid.nonzero(as_tuple=True)
-        row = (torch.arange(b, device=device)[:, None] * n + rows).reshape(-1)
-        self.values_at = slot.repeat(b) * (b * n) + row
+        used = info.used_slots()
+        row = (torch.arange(b, device=device)[:, None] * n + used // k).reshape(-1)
+        self.values_at = (used % k).repeat(b) * (b * n) + row
 
     def __call__(self, x: Tensor, logits: Tensor) -> Tensor:
         padded = F.pad(logits.reshape(-1), (0, 1), value=float("-inf"))
