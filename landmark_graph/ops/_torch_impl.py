@@ -336,8 +336,8 @@ class BagSoftmaxAggregate:
     logits, taken with one ``index_select`` that also reads an appended ``-inf`` for every
     padding slot; a second ``index_select`` takes the CSR values out of it. PyTorch's CPU
     softmax over a last dimension of 4-8 is slow (see :func:`~.edge_softmax.edge_softmax`), and
-    a transposing copy of the logits cost more than both gathers: ~0.2 against 0.6 ms at
-    ``(256, 68, 7)`` on 2 threads."""
+    a transposing copy of the logits cost more than both gathers: the CSR values took 0.35 ms
+    this way against 0.58 ms through ``edge_softmax`` at ``(256, 68, 7)``, one thread."""
 
     __slots__ = ("bags", "slot_major", "values_at")
 
