@@ -1,10 +1,11 @@
 """landmark-graph: drop-in layers for structure-coherent face alignment (SDFL)."""
 
 from .adjacency import build_correlation_adjacency, index_order_adjacency
+from .attention import AttentionToNode, NodeEdgeWeights
 from .edge_weights import DynamicAdjacency
 from .graph_conv import GraphConv, GraphResidualBlock
-from .heads import FCHead, LGRLHead
-from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
+from .heads import FCHead, HeadOutput, LGRLHead
+from .losses import LaplaceNLLLoss, RelativeLocationLoss, SoftWingLoss, WingLoss
 from .map_to_node import MapToNode
 from .metrics import LandmarkEvaluator, auc, ced, failure_rate, nme
 from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
@@ -13,15 +14,19 @@ from .schemes import LandmarkScheme, get_scheme, register_scheme
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionToNode",
     "DynamicAdjacency",
     "FCHead",
     "GraphConv",
     "GraphResidualBlock",
+    "HeadOutput",
     "LGRLHead",
     "LandmarkEvaluator",
     "LandmarkScheme",
+    "LaplaceNLLLoss",
     "MapToNode",
     "NeighborTable",
+    "NodeEdgeWeights",
     "RelativeLocationLoss",
     "SoftWingLoss",
     "WingLoss",

@@ -1,9 +1,13 @@
-r"""Functional forms of the losses (paper §III-D, eq. 6-11).
+r"""Functional forms of the losses (paper §III-D, eq. 6-11, and the Laplace NLL) and of the edge gating.
 
 Every loss takes ``pred`` and ``target`` ``Tensor[B, N, 2]`` and an optional visibility mask
-``Tensor[B, N]`` (bool or 0/1); hidden landmarks contribute nothing. ``reduction`` is
-``"mean"`` (over the visible coordinates; 0 when none is visible), ``"sum"`` or ``"none"``
+``Tensor[B, N]`` (bool or 0/1); hidden landmarks contribute nothing, and may hold NaN
+placeholders (in any input of the loss); a NaN or inf at a counted landmark raises. ``reduction``
+is ``"mean"`` (over the visible coordinates; 0 when none is visible), ``"sum"`` or ``"none"``
 (``Tensor[B, N, 2]`` with zeros where hidden).
+
+:func:`gate_edge_weights` is the occlusion gating of ``LGRLHead(gate_edges=True)``: it acts on the
+edge weights before the aggregation, so the aggregation op stays as it is.
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape
+from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape, check_tensor
 from .adjacency import as_square_mask
+from .ops import NeighborTable
 
-__all__ = ["laplacian_matrix", "relative_location_loss", "soft_wing_loss", "wing_loss"]
+__all__ = [
+    "gate_edge_weights",
+    "laplace_nll_loss",
+    "laplacian_matrix",
+    "relative_location_loss",
+    "soft_wing_loss",
+    "wing_loss",
+]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -45,18 +57,18 @@ def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     return loss.sum() / count.clamp(min=1)
 
 
-def _zero_hidden(pred: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def _zero_hidden(mask: Tensor | None, **tensors: Tensor) -> list[Tensor]:
     """Hidden landmarks may hold NaN placeholders: zero them so no NaN reaches loss or gradient.
 
     Visible landmarks must be finite: a NaN there (bad labels, or a model fed NaN features,
-    which the layers do not scan for) raises instead of turning the loss into NaN.
+    which the layers do not scan for) raises instead of turning the loss into NaN. The tensors
+    ``(B, N, 2)`` come back in the order given.
     """
     if mask is not None:
         visible = mask.unsqueeze(-1) != 0
-        zero = pred.new_zeros(())
-        pred, target = torch.where(visible, pred, zero), torch.where(visible, target, zero)
-    check_finite(" at visible landmarks", pred=pred, target=target)
-    return pred, target
+        tensors = {name: torch.where(visible, t, t.new_zeros(())) for name, t in tensors.items()}
+    check_finite(" at visible landmarks", **tensors)
+    return list(tensors.values())
 
 
 def _check_positive(**values: float) -> None:
@@ -100,7 +112,7 @@ def soft_wing_loss(
     _check_pair(pred, target)
     _check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
-    pred, target = _zero_hidden(pred, target, mask)
+    pred, target = _zero_hidden(mask, pred=pred, target=target)
     err = (pred - target).abs()
     offset = omega1 - omega2 * math.log1p(omega1 / epsilon)
     loss = torch.where(err < omega1, err, omega2 * torch.log1p(err / epsilon) + offset)
@@ -136,10 +148,66 @@ def wing_loss(
     _check_pair(pred, target)
     _check_positive(omega=omega, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
-    pred, target = _zero_hidden(pred, target, mask)
+    pred, target = _zero_hidden(mask, pred=pred, target=target)
     err = (pred - target).abs()
     offset = omega - omega * math.log1p(omega / epsilon)
     loss = torch.where(err < omega, omega * torch.log1p(err / epsilon), err - offset)
+    return _reduce(loss, mask, reduction)
+
+
+def laplace_nll_loss(
+    pred: Tensor,
+    target: Tensor,
+    log_scale: Tensor,
+    mask: Tensor | None = None,
+    *,
+    full: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Negative log-likelihood of the target under a Laplace distribution per coordinate.
+
+    With :math:`x = \hat p - p` and :math:`s = \ln b` the predicted log-scale of the same
+    coordinate,
+
+    .. math::
+        \ell(x, s) = s + |x|\, e^{-s} \;\big(+ \ln 2 \text{ with } \texttt{full}\big)
+        = -\ln \frac{1}{2b} e^{-|x|/b} \;\big(- \ln 2 \text{ without}\big)
+
+    For a fixed error the minimum is at :math:`b = |x|`: the model learns to predict its own
+    error, and :math:`|x| \le b \ln 10` is the central 90 % interval of its prediction. The
+    scale is in the units of ``pred``. Without ``full`` the constant :math:`\ln 2` is left out
+    (as :class:`torch.nn.GaussianNLLLoss` leaves out its constant).
+
+    Args:
+        pred: ``Tensor[B, N, 2]`` predicted locations (the distribution's centres).
+        target: ``Tensor[B, N, 2]``.
+        log_scale: ``Tensor[B, N, 2]`` predicted :math:`\ln b` per coordinate.
+        mask: optional ``Tensor[B, N]`` visibility; hidden landmarks may hold NaN in any input.
+        full: add the constant :math:`\ln 2`.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> pred, target = torch.zeros(1, 1, 2), torch.tensor([[[1.0, -2.0]]])
+        >>> laplace_nll_loss(pred, target, torch.zeros(1, 1, 2), reduction="none")
+        tensor([[[1., 2.]]])
+        >>> laplace_nll_loss(pred, target, target.abs().log(), reduction="none")  # b = |x|: 1 + ln b
+        tensor([[[1.0000, 1.6931]]])
+    """
+    _check_pair(pred, target)
+    check_floating("log_scale", log_scale)
+    if log_scale.shape != pred.shape:
+        raise ValueError(
+            f"log_scale must have the shape of pred (B, N, 2) = {tuple(pred.shape)}, "
+            f"got {tuple(log_scale.shape)}"
+        )
+    if not isinstance(full, bool):
+        raise TypeError(f"full must be a bool, got {type(full).__name__}")
+    mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
+    pred, target, log_scale = _zero_hidden(mask, pred=pred, target=target, log_scale=log_scale)
+    loss = log_scale + (pred - target).abs() * torch.exp(-log_scale)
+    if full:
+        loss = loss + math.log(2.0)
     return _reduce(loss, mask, reduction)
 
 
@@ -217,7 +285,7 @@ def relative_location_loss(
         hidden = (mask == 0).to(pred.dtype)
         # Node i counts only if no node its row touches is hidden.
         keep = keep & ((hidden @ (lap != 0).to(pred.dtype).T) == 0)
-    pred, target = _zero_hidden(pred, target, mask)
+    pred, target = _zero_hidden(mask, pred=pred, target=target)
     delta_pred = lap @ pred
     delta_target = lap @ target
     if criterion is None:
@@ -230,3 +298,61 @@ def relative_location_loss(
                 f"(reduction='none'), got shape {tuple(loss.shape)}"
             )
     return _reduce(loss, keep, reduction)
+
+
+def gate_edge_weights(weights: Tensor, visibility: Tensor, index: Tensor | NeighborTable) -> Tensor:
+    r"""Scale each edge by its sender's visibility and renormalise each receiver's row.
+
+    .. math::
+        \tilde w_{bik} = \frac{w_{bik}\, \gamma_{bik}}{\sum_{k'} w_{bik'}\, \gamma_{bik'}},
+        \qquad
+        \gamma_{bik} = \begin{cases} 1 & \mathrm{idx}_{ik} = i \ \text{(the self edge)} \\
+        v_{b,\,\mathrm{idx}_{ik}} & \text{otherwise} \end{cases}
+
+    so a receiver stops listening to senders it believes occluded and keeps its own features:
+    the self edge is never gated, so a row with a positive self weight never vanishes, and
+    :math:`\tilde w` stays row-stochastic. Padded slots (``-1``) come out 0. Differentiable in
+    ``weights`` and ``visibility``, twice. A row without a self slot is renormalised among its
+    senders; if all of them underflow to 0 the row is 0 (not NaN).
+
+    Args:
+        weights: ``Tensor[B, N, K]`` per-image or ``Tensor[N, K]`` shared edge weights, rows
+            summing to 1 (e.g. from :func:`~landmark_graph.ops.edge_softmax`).
+        visibility: ``Tensor[B, N]`` in :math:`[0, 1]`, each node's probability of being visible
+            (``sigmoid`` of the head's visibility logits).
+        index: a :class:`~landmark_graph.NeighborTable` or its ``LongTensor[N, K]`` neighbour
+            table (``-1`` pads).
+
+    Returns:
+        ``Tensor[B, N, K]`` in the promoted dtype of ``weights`` and ``visibility``.
+
+    Example:
+        >>> import torch
+        >>> index = torch.tensor([[0, 1, 2], [1, 0, -1], [2, 0, -1]])
+        >>> weights = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+        >>> gate_edge_weights(weights, torch.tensor([[0.0, 1.0, 0.0]]), index)[0]
+        tensor([[0.5000, 0.5000, 0.0000],
+                [1.0000, 0.0000, 0.0000],
+                [1.0000, 0.0000, 0.0000]])
+    """
+    idx = index.index if isinstance(index, NeighborTable) else check_tensor("index", index)
+    check_floating("weights", weights)
+    check_floating("visibility", visibility)
+    if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise ValueError(
+            f"index must be an integer table (N, K), got shape {tuple(idx.shape)} dtype {idx.dtype}"
+        )
+    n, k = idx.shape
+    check_ndim("visibility", visibility, 2, "(B, N)")
+    check_shape("visibility", visibility, (None, n), "(B, N)")
+    if weights.dim() == 2:
+        check_shape("weights", weights, (n, k), "(N, K)")
+    else:
+        check_shape("weights", weights, (visibility.shape[0], n, k), "(B, N, K)")
+    slots = idx.clamp(min=0)
+    is_self = idx == torch.arange(n, device=idx.device).unsqueeze(1)
+    sender = visibility[:, slots]  # (B, N, K)
+    gate = torch.where(is_self, sender.new_ones(()), sender)
+    gated = torch.where(idx >= 0, weights * gate, sender.new_zeros(()))
+    total = gated.sum(dim=-1, keepdim=True)
+    return gated / total.clamp(min=torch.finfo(total.dtype).tiny)

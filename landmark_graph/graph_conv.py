@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ._checks import check_floating, check_ndim, check_param_dtype, check_shape, materialized
 from .edge_weights import _as_table
+from .functional import gate_edge_weights
 from .ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
 
 __all__ = ["GraphConv", "GraphResidualBlock"]
@@ -25,7 +26,9 @@ class GraphConv(nn.Module):
 
     Edge weights come from the ``edge_weights`` argument of :meth:`forward` when given (dynamic
     weights), else from the layer's own learned logits (``learn_edge_weights=True``, the
-    authors' static variant), else every edge of a row weighs the same (binary).
+    authors' static variant), else every edge of a row weighs the same (binary). With a
+    ``sender_gate`` (each node's visibility), the weights are first gated by their senders'
+    visibility and renormalised (:func:`~landmark_graph.functional.gate_edge_weights`).
 
     Args:
         in_features: ``I``; ``None`` infers it at the first call.
@@ -38,6 +41,7 @@ class GraphConv(nn.Module):
     Shape:
         - ``x``: ``Tensor[B, N, I]``.
         - ``edge_weights``: ``Tensor[B, N, K]``, ``Tensor[N, K]`` or ``None``.
+        - ``sender_gate``: ``Tensor[B, N]`` in :math:`[0, 1]` or ``None``.
         - Output: ``Tensor[B, N, O]``.
 
     Example:
@@ -93,12 +97,18 @@ class GraphConv(nn.Module):
         """``Tensor[N, K]``: the learned (static) or uniform (binary) weights of this layer."""
         return edge_softmax(self.own_edge_logits(), self.table.valid)
 
-    def forward(self, x: Tensor, edge_weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, edge_weights: Tensor | None = None, sender_gate: Tensor | None = None
+    ) -> Tensor:
         check_floating("x", x)
         n, k = self.table.num_nodes, self.table.max_degree
         check_ndim("x", x, 3, "(B, N, I)")
         check_shape("x", x, (None, n, materialized(self.linear)), "(B, N, I)")
         check_param_dtype("x", x, self)
+        if sender_gate is not None:
+            check_shape("sender_gate", sender_gate, (x.shape[0], n), "(B, N)")
+            own = self.own_edge_weights() if edge_weights is None else edge_weights
+            edge_weights = gate_edge_weights(own, sender_gate, self.table)
         if edge_weights is None:
             # Own logits: softmax and aggregation fused (the authors' static layer).
             aggregate, edge_weights = neighbor_softmax_aggregate, self.own_edge_logits()
@@ -141,7 +151,7 @@ class GraphResidualBlock(nn.Module):
 
     Shape:
         - ``x``: ``Tensor[B, N, F]``; ``edge_weights``: ``Tensor[B, N, K]``, ``Tensor[N, K]`` or
-          ``None``.
+          ``None``; ``sender_gate``: ``Tensor[B, N]`` or ``None`` (see :class:`GraphConv`).
         - Output: ``Tensor[B, N, F]``.
 
     Example:
@@ -162,6 +172,8 @@ class GraphResidualBlock(nn.Module):
         self.conv1 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)
         self.conv2 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)
 
-    def forward(self, x: Tensor, edge_weights: Tensor | None = None) -> Tensor:
-        return self.conv2(self.conv1(x, edge_weights), edge_weights) + x
+    def forward(
+        self, x: Tensor, edge_weights: Tensor | None = None, sender_gate: Tensor | None = None
+    ) -> Tensor:
+        return self.conv2(self.conv1(x, edge_weights, sender_gate), edge_weights, sender_gate) + x
 

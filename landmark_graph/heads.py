@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_feature_map, check_param_dtype, materialized
 from .adjacency import build_correlation_adjacency, check_adjacency, index_order_adjacency
+from .attention import POSITION_FEATURES, AttentionToNode, NodeEdgeWeights
 from .edge_weights import EDGE_WEIGHT_MODES, DynamicAdjacency
+from .functional import gate_edge_weights
 from .graph_conv import GraphConv, GraphResidualBlock
 from .map_to_node import MapToNode
 from .ops import NeighborTable
 from .schemes import BUILTIN_SCHEMES, scheme_for_num_landmarks
 
-__all__ = ["FCHead", "LGRLHead", "default_adjacency"]
+__all__ = ["EMBEDDINGS", "FCHead", "HeadOutput", "LGRLHead", "default_adjacency"]
 
 
 def default_adjacency(num_landmarks: int, k: int = 3) -> Tensor:
@@ -48,15 +52,56 @@ def _resolve_adjacency(adjacency: Tensor | np.ndarray, num_landmarks: int, k: in
     return mask
 
 
+class HeadOutput(NamedTuple):
+    """What ``LGRLHead(...)(features, return_details=True)`` returns; ``None`` where an option is off.
+
+    Attributes:
+        landmarks: ``Tensor[B, N, 2]``, the coordinates ``head(features)`` returns.
+        visibility_logits: ``Tensor[B, N]``, high = visible (``visibility=True``).
+        log_scale: ``Tensor[B, N, 2]``, the log of a Laplace scale per coordinate, in the units
+            of ``landmarks`` (``uncertainty=True``).
+    """
+
+    landmarks: Tensor
+    visibility_logits: Tensor | None
+    log_scale: Tensor | None
+
+
+#: The node embeddings of :class:`LGRLHead` (``embedding=``).
+EMBEDDINGS = ("map_to_node", "attention")
+
+
 class LGRLHead(nn.Module):
-    r"""Landmark-graph relational head (paper §III, Fig. 3 and 5).
+    r"""Landmark-graph relational head (paper §III, Fig. 3 and 5), with opt-in occlusion awareness.
 
     .. math::
         H_0 = \mathrm{MapToNode}(F), \quad A = \sigma(\cdot), \quad
         P = g_{\text{out}}\big(R_{L}(\cdots R_1(g_{\text{in}}(H_0, A), A) \cdots, A)\big)
 
     with :math:`g` :class:`GraphConv` layers (input ``I -> F`` with BN-ReLU, output ``F -> 2``
-    without) and :math:`R` :class:`GraphResidualBlock` s.
+    without) and :math:`R` :class:`GraphResidualBlock` s. The defaults are the paper's head.
+
+    Beyond the paper (each off by default):
+
+    - ``embedding="attention"``: :math:`H_0` from :class:`~landmark_graph.attention.AttentionToNode`,
+      each landmark pooling the map through a spatial attention of its own (``I = D + 4``, any
+      ``H, W``, changing between calls too); dynamic edge weights from the node features
+      (:class:`~landmark_graph.attention.NodeEdgeWeights`) instead of the global pool; and the
+      output is an offset from the attention's expected position :math:`\mu_i`,
+      :math:`P_i = \mu_i + b_i + g_{\text{out}}(\cdot)_i` with a learned :math:`b_i` (zero at
+      the start). :math:`\mu_i` is in normalised map coordinates (:math:`[-1, 1]`
+      across the map, x right, y down), so targets should be in units of half the image side,
+      as :class:`~landmark_graph.training.LandmarkModel`'s.
+    - ``visibility=True``: per-landmark visibility logits :math:`v = H_0 w + c`, read from the
+      node embedding before the graph (train them with ``BCEWithLogitsLoss`` on visibility flags).
+    - ``gate_edges=True`` (needs ``visibility``): every graph layer's edge weights are gated by
+      the senders' :math:`\mathrm{sigmoid}(v)` and renormalised
+      (:func:`~landmark_graph.functional.gate_edge_weights`); self edges are never gated.
+    - ``uncertainty=True``: a Laplace log-scale per coordinate, read from the last hidden graph
+      features (train it with :class:`~landmark_graph.LaplaceNLLLoss`).
+
+    ``head(features)`` returns the landmarks whatever the options; ``head(features,
+    return_details=True)`` returns a :class:`HeadOutput`.
 
     Args:
         num_landmarks: ``N``.
@@ -68,21 +113,35 @@ class LGRLHead(nn.Module):
         in_channels: ``C`` of the backbone map; ``None`` infers it at the first call.
         hidden_features: ``F``, the width of the graph layers.
         num_blocks: number of residual blocks.
-        expansion: ``n``, map-to-node channels per landmark, so ``I = n * H * W``.
+        expansion: ``n``, map-to-node channels per landmark, so ``I = n * H * W``
+            (``embedding="map_to_node"`` only).
         edge_weights: ``"dynamic"`` (per image, the paper), ``"static"`` (learned per layer,
             the authors' code) or ``"binary"`` (all edges equal).
-        hidden_channels: width of the first map-to-node convolution.
+        hidden_channels: width of the embedding's first convolution: map-to-node's 3x3
+            convolution, or the attention's 1x1 value projection ``D``.
+        embedding: ``"map_to_node"`` (the paper) or ``"attention"``.
+        visibility: predict visibility logits.
+        uncertainty: predict a Laplace log-scale per coordinate.
+        gate_edges: gate the edge weights by the senders' predicted visibility.
 
     Shape:
-        - Input: ``Tensor[B, C, H, W]`` backbone feature map, any ``H, W`` (fixed after the
-          first call, since ``I`` depends on it).
-        - Output: ``Tensor[B, N, 2]`` landmark coordinates, in the units of the targets.
+        - Input: ``Tensor[B, C, H, W]`` backbone feature map. With ``"map_to_node"`` any
+          ``H, W``, fixed after the first call (``I`` depends on it); with ``"attention"`` any
+          ``H, W`` at every call.
+        - Output: ``Tensor[B, N, 2]`` landmark coordinates, in the units of the targets; or a
+          :class:`HeadOutput` with ``return_details=True``.
 
     Example:
         >>> import torch
         >>> head = LGRLHead(num_landmarks=98, k=3)
         >>> head(torch.randn(2, 512, 8, 8)).shape
         torch.Size([2, 98, 2])
+        >>> head = LGRLHead(98, embedding="attention", visibility=True, uncertainty=True, gate_edges=True)
+        >>> out = head(torch.randn(2, 512, 8, 8), return_details=True)
+        >>> out.landmarks.shape, out.visibility_logits.shape, out.log_scale.shape
+        (torch.Size([2, 98, 2]), torch.Size([2, 98]), torch.Size([2, 98, 2]))
+        >>> head.attention_maps(torch.randn(1, 512, 6, 5)).shape
+        torch.Size([1, 98, 6, 5])
     """
 
     def __init__(
@@ -97,6 +156,10 @@ class LGRLHead(nn.Module):
         expansion: int = 4,
         edge_weights: str = "dynamic",
         hidden_channels: int = 256,
+        embedding: str = "map_to_node",
+        visibility: bool = False,
+        uncertainty: bool = False,
+        gate_edges: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_landmarks, int) or num_landmarks < 2:
@@ -105,28 +168,56 @@ class LGRLHead(nn.Module):
             raise ValueError(f"edge_weights must be one of {EDGE_WEIGHT_MODES}, got {edge_weights!r}")
         if not isinstance(num_blocks, int) or num_blocks < 0:
             raise ValueError(f"num_blocks must be an int >= 0, got {num_blocks!r}")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        flags = {"visibility": visibility, "uncertainty": uncertainty, "gate_edges": gate_edges}
+        for name, flag in flags.items():
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if gate_edges and not visibility:
+            raise ValueError(
+                "gate_edges=True needs visibility=True: the gate is the senders' predicted visibility"
+            )
         self.num_landmarks = num_landmarks
         self.k = k
         self.edge_weight_mode = edge_weights
+        self.embedding = embedding
+        self.gate_edges = gate_edges
         mask = (
             default_adjacency(num_landmarks, k) if adjacency is None
             else _resolve_adjacency(adjacency, num_landmarks, k)
         )
         # One table shared by every graph layer: set_adjacency and .to() act on it once.
         self.table = NeighborTable(mask)
-        self.map_to_node = MapToNode(num_landmarks, in_channels, expansion, hidden_channels)
-        self.dynamic = (
-            DynamicAdjacency(self.table, num_landmarks * expansion, hidden_features)
-            if edge_weights == "dynamic" else None
-        )
+        # The paper's head builds exactly its modules, in its order: same parameters for a seed.
+        self.map_to_node: MapToNode | None = None
+        self.attention: AttentionToNode | None = None
+        self.dynamic: DynamicAdjacency | NodeEdgeWeights | None = None
+        if embedding == "map_to_node":
+            self.map_to_node = MapToNode(num_landmarks, in_channels, expansion, hidden_channels)
+            node_features = None
+            if edge_weights == "dynamic":
+                self.dynamic = DynamicAdjacency(self.table, num_landmarks * expansion, hidden_features)
+        else:
+            self.attention = AttentionToNode(num_landmarks, in_channels, hidden_channels)
+            node_features = self.attention.out_features
+            if edge_weights == "dynamic":
+                self.dynamic = NodeEdgeWeights(self.table, node_features)
         learn = edge_weights == "static"
-        self.input_conv = GraphConv(None, hidden_features, self.table, learn_edge_weights=learn)
+        self.input_conv = GraphConv(node_features, hidden_features, self.table, learn_edge_weights=learn)
         self.blocks = nn.ModuleList(
             GraphResidualBlock(hidden_features, self.table, learn_edge_weights=learn)
             for _ in range(num_blocks)
         )
         self.output_conv = GraphConv(
             hidden_features, 2, self.table, learn_edge_weights=learn, norm_act=False
+        )
+        self.visibility_head = None
+        if visibility:
+            self.visibility_head = nn.LazyLinear(1) if node_features is None else nn.Linear(node_features, 1)
+        self.scale_head = nn.Linear(hidden_features, 2) if uncertainty else None
+        self.position_bias = (
+            nn.Parameter(torch.zeros(num_landmarks, 2)) if embedding == "attention" else None
         )
 
     @property
@@ -146,6 +237,9 @@ class LGRLHead(nn.Module):
                 module.reset_edge_parameters()
 
     def _embed(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.attention is not None:
+            nodes = self.attention(features)  # (B, N, D + 4)
+            return nodes, None if self.dynamic is None else self.dynamic(nodes)
         nodes = self.map_to_node(features)  # (B, N, n*H*W)
         if self.dynamic is None:
             return nodes, None
@@ -156,7 +250,10 @@ class LGRLHead(nn.Module):
         context = nodes.view(b, n, expansion, nodes.shape[-1] // expansion).mean(dim=-1).flatten(1)
         return nodes, self.dynamic(context)
 
-    def forward(self, features: Tensor) -> Tensor:
+    def _visibility_logits(self, nodes: Tensor) -> Tensor | None:
+        return None if self.visibility_head is None else self.visibility_head(nodes).squeeze(-1)
+
+    def forward(self, features: Tensor, return_details: bool = False) -> Tensor | HeadOutput:
         size = materialized(self.input_conv.linear)
         nodes, edge_weights = self._embed(features)
         if size is not None and nodes.shape[-1] != size:
@@ -164,29 +261,55 @@ class LGRLHead(nn.Module):
                 f"features must keep the spatial size of the first call, n*H*W = {size}, "
                 f"got shape {tuple(features.shape)}"
             )
-        h = self.input_conv(nodes, edge_weights)
+        visibility = self._visibility_logits(nodes)
+        gate = torch.sigmoid(visibility) if self.gate_edges else None
+        h = self.input_conv(nodes, edge_weights, gate)
         for block in self.blocks:
-            h = block(h, edge_weights)
-        return self.output_conv(h, edge_weights)
+            h = block(h, edge_weights, gate)
+        landmarks = self.output_conv(h, edge_weights, gate)
+        if self.position_bias is not None:
+            position = nodes[..., -POSITION_FEATURES:-POSITION_FEATURES + 2]
+            landmarks = landmarks + (position + self.position_bias).to(landmarks.dtype)
+        if not return_details:
+            return landmarks
+        log_scale = None if self.scale_head is None else self.scale_head(h)
+        return HeadOutput(landmarks, visibility, log_scale)
 
     @torch.no_grad()
     def dense_edge_weights(self, features: Tensor) -> Tensor:
         """``Tensor[B, N, N]``: the edge weights the input layer uses, as a dense matrix.
 
         For inspection and plots: dynamic weights differ per image; static and binary weights
-        are the input layer's, repeated over the batch.
+        are the input layer's, repeated over the batch; with ``gate_edges`` they are gated by
+        the predicted visibility, as the layer uses them.
         """
         nodes, weights = self._embed(features)
         if weights is None:
             weights = self.input_conv.own_edge_weights().expand(nodes.shape[0], -1, -1)
+        if self.gate_edges:
+            weights = gate_edge_weights(weights, torch.sigmoid(self._visibility_logits(nodes)), self.table)
         n = self.num_landmarks
         index = self.table.index.clamp(min=0).expand(weights.shape[0], -1, -1)
         dense = weights.new_zeros(weights.shape[0], n, n)
         return dense.scatter_add_(2, index, weights * self.table.valid)
 
+    @torch.no_grad()
+    def attention_maps(self, features: Tensor) -> Tensor:
+        """``Tensor[B, N, H, W]``: each landmark's spatial attention (``embedding="attention"`` only)."""
+        if self.attention is None:
+            raise ValueError("attention_maps needs embedding='attention'; this head uses 'map_to_node'")
+        return self.attention.attention_maps(features)
+
     def extra_repr(self) -> str:
+        extras = "".join(f", {name}=True" for name in ("visibility", "uncertainty", "gate_edges")
+                         if self._option(name))
+        embedding = "" if self.embedding == "map_to_node" else f", embedding={self.embedding!r}"
         return (f"num_landmarks={self.num_landmarks}, k={self.k}, "
-                f"edge_weights={self.edge_weight_mode!r}")
+                f"edge_weights={self.edge_weight_mode!r}{embedding}{extras}")
+
+    def _option(self, name: str) -> bool:
+        return {"visibility": self.visibility_head is not None, "uncertainty": self.scale_head is not None,
+                "gate_edges": self.gate_edges}[name]
 
 
 class FCHead(nn.Module):

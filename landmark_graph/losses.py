@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from . import functional as LF
 from .adjacency import check_adjacency
 
-__all__ = ["RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
+__all__ = ["LaplaceNLLLoss", "RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
 
 
 def _check_reduction(reduction: str) -> str:
@@ -91,6 +91,45 @@ class WingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"omega={self.omega}, epsilon={self.epsilon}, reduction={self.reduction!r}"
+
+
+class LaplaceNLLLoss(nn.Module):
+    r"""Laplace negative log-likelihood per coordinate (:func:`~landmark_graph.functional.laplace_nll_loss`).
+
+    .. math::
+        \ell(x, s) = s + |x|\, e^{-s}\ \big(+ \ln 2\big), \qquad x = \hat p - p,\ s = \ln b
+
+    Trains ``LGRLHead(uncertainty=True)``'s ``log_scale`` (and, through the centre, the
+    landmarks); use it beside or instead of Soft Wing.
+
+    Args:
+        full: add the constant :math:`\ln 2`.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        - ``pred``, ``target``, ``log_scale``: ``Tensor[B, N, 2]``; ``mask``: ``Tensor[B, N]`` or
+          ``None``.
+        - Output: scalar, or ``Tensor[B, N, 2]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> loss = LaplaceNLLLoss()
+        >>> loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), torch.zeros(1, 2, 2)).item()
+        1.0
+    """
+
+    def __init__(self, full: bool = False, reduction: str = "mean") -> None:
+        super().__init__()
+        if not isinstance(full, bool):
+            raise TypeError(f"full must be a bool, got {type(full).__name__}")
+        self.full = full
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, pred: Tensor, target: Tensor, log_scale: Tensor, mask: Tensor | None = None) -> Tensor:
+        return LF.laplace_nll_loss(pred, target, log_scale, mask, full=self.full, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"full={self.full}, reduction={self.reduction!r}"
 
 
 class RelativeLocationLoss(nn.Module):

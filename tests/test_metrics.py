@@ -3,16 +3,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from landmark_graph.metrics import (
+    OCCLUSION_EDGES,
     WFLW_ATTRIBUTES,
     LandmarkEvaluator,
     attribute_subsets,
     auc,
+    auroc,
     ced,
     failure_rate,
+    laplace_interval_coverage,
     nme,
+    nme_by_occlusion,
     normalizing_distance,
+    occlusion_bins,
+    occlusion_rise,
+    scale_error_spearman,
 )
 from landmark_graph.schemes import get_scheme
 
@@ -193,3 +201,116 @@ def test_evaluator_options_and_checks():
         LandmarkEvaluator(normalization="box")
     with pytest.raises(ValueError, match="threshold"):
         LandmarkEvaluator(threshold=-1)
+
+
+# --- occlusion and confidence metrics ---------------------------------------------------------
+
+
+def _flags(counts, n=10):
+    flags = torch.zeros(len(counts), n, dtype=torch.bool)
+    for row, count in enumerate(counts):
+        flags[row, :count] = True
+    return flags
+
+
+def test_occlusion_bins_partition_shares_like_the_study():
+    flags = _flags([0, 1, 2, 3, 5, 6, 7, 10])
+    bins = occlusion_bins(flags)
+    assert list(bins) == ["0%", "0%-10%", "10%-20%", "20%-30%", "30%-40%", "40%-50%", "50%-60%"]
+    member = torch.stack(list(bins.values())).int()
+    # 3 of 10 is exactly an edge: it belongs to the bin it closes; 70 % and 100 % are in none.
+    assert member.sum(0).tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert bins["20%-30%"].tolist() == [False, False, False, True, False, False, False, False]
+    closed = occlusion_bins(flags, (0.0, 0.1, 0.3, 0.6), zero_bin=False)
+    assert list(closed) == ["0%-10%", "10%-30%", "30%-60%"]
+    assert closed["0%-10%"].tolist() == [True, True] + [False] * 6
+    assert OCCLUSION_EDGES[-1] == 0.6
+    with pytest.raises(ValueError, match="edges must be at least two increasing shares"):
+        occlusion_bins(flags, (0.3, 0.1))
+    with pytest.raises(ValueError, match=r"occluded must have shape \(B, N\)"):
+        occlusion_bins(flags[0])
+
+
+def test_nme_by_occlusion_and_rise_against_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(6, 10, 2, generator=g) * 10
+    pred = target + torch.randn(6, 10, 2, generator=g)
+    flags = _flags([0, 1, 4, 5, 10, 2])
+    d = torch.full((6,), 2.0)
+    errors = (pred - target).norm(dim=-1) / 2.0
+    per_image_visible = torch.stack([errors[b][~flags[b]].mean() for b in range(6)])  # image 4: NaN
+    by_bin = nme_by_occlusion(pred, target, flags, (0.0, 0.1, 0.3, 0.6), normalization=d)
+    assert by_bin["0%"] == {"nme": pytest.approx(float(per_image_visible[0])), "count": 1}
+    assert by_bin["10%-30%"]["nme"] == pytest.approx(float(per_image_visible[5]))
+    assert by_bin["30%-60%"] == {"nme": pytest.approx(float(per_image_visible[[2, 3]].mean())), "count": 2}
+    everything = nme_by_occlusion(pred, target, flags, (0.0, 1.0), zero_bin=False, visible_only=False,
+                                  normalization=d)
+    all_points = ((pred - target).norm(dim=-1).mean(1) / 2.0).mean()
+    assert everything["0%-100%"] == {"nme": pytest.approx(float(all_points)), "count": 6}
+    low = per_image_visible[[0, 1]].mean()
+    high = per_image_visible[[2, 3]].mean()
+    assert occlusion_rise(pred, target, flags, normalization=d) == pytest.approx(float(high / low - 1))
+    with pytest.raises(ValueError, match=r"none in \['high'\]"):
+        occlusion_rise(pred[:2], target[:2], flags[:2], normalization=2.0)
+
+
+def _pairwise_auroc(scores, labels):
+    pos, neg = scores[labels], scores[~labels]
+    wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    return float(wins.mean())
+
+
+def test_auroc_equals_the_pairwise_definition_with_ties():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 6, (200,), generator=g).double()  # many ties
+    labels = torch.rand(200, generator=g) < scores / 8
+    assert auroc(scores, labels) == pytest.approx(_pairwise_auroc(scores, labels), abs=1e-12)
+    assert auroc(scores.view(20, 10), labels.view(20, 10).numpy()) == pytest.approx(auroc(scores, labels))
+    assert auroc([0.0, 1.0], [False, True]) == 1.0 and auroc([0.0, 1.0], [True, False]) == 0.0
+    with pytest.raises(ValueError, match="auroc needs both classes, got 3 positive and 0 negative"):
+        auroc([1.0, 2.0, 3.0], [1, 1, 1])
+    with pytest.raises(ValueError, match="scores must not hold NaN"):
+        auroc([float("nan"), 1.0], [0, 1])
+    with pytest.raises(ValueError, match="as many values"):
+        auroc([1.0, 2.0], [0, 1, 1])
+
+
+def test_scale_error_spearman_matches_scipy_on_points():
+    g = torch.Generator().manual_seed(2)
+    target = torch.zeros(5, 8, 2)
+    log_scale = torch.randn(5, 8, 2, generator=g)
+    pred = torch.randn(5, 8, 2, generator=g) * log_scale.exp()  # error grows with the scale
+    error = pred.norm(dim=-1).flatten()
+    scale = log_scale.mean(-1).flatten()
+    expected = stats.spearmanr(error.numpy(), scale.numpy()).statistic
+    assert scale_error_spearman(pred, target, log_scale) == pytest.approx(expected)
+    assert expected > 0.3
+    mask = torch.rand(5, 8, generator=g) > 0.3
+    expected = stats.spearmanr(error[mask.flatten()].numpy(), scale[mask.flatten()].numpy()).statistic
+    assert scale_error_spearman(pred, target, log_scale, mask) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not all equal"):
+        scale_error_spearman(pred, target, torch.zeros(5, 8, 2))
+    with pytest.raises(ValueError, match=r"log_scale must have shape \(B, N, 2\) like target"):
+        scale_error_spearman(pred, target, log_scale[..., :1])
+
+
+def test_laplace_interval_coverage_of_laplace_samples_is_the_level():
+    g = torch.Generator().manual_seed(3)
+    log_scale = torch.randn(200, 50, 2, generator=g) * 0.5
+    u = torch.rand(200, 50, 2, generator=g) - 0.5  # inverse CDF of a Laplace of scale b
+    errors = -log_scale.exp() * u.sign() * torch.log1p(-2 * u.abs())
+    target = torch.zeros_like(errors)
+    n = errors.numel()
+    for level in (0.1, 0.5, 0.9):
+        tolerance = 4 * (level * (1 - level) / n) ** 0.5  # four binomial standard deviations
+        assert abs(laplace_interval_coverage(errors, target, log_scale, level) - level) < tolerance
+    assert laplace_interval_coverage(errors, target, log_scale + 5.0) == 1.0
+    nan_target = target.clone()
+    nan_target[0, 0] = float("nan")
+    mask = torch.ones(200, 50)
+    mask[0, 0] = 0
+    laplace_interval_coverage(errors, nan_target, log_scale, mask=mask)  # hidden NaN is fine
+    with pytest.raises(ValueError, match="must be finite at counted landmarks"):
+        laplace_interval_coverage(errors, nan_target, log_scale)
+    with pytest.raises(ValueError, match=r"level must be a number in \(0, 1\)"):
+        laplace_interval_coverage(errors, target, log_scale, 1.0)
