@@ -5,7 +5,7 @@ from .attention import AttentionToNode, NodeEdgeWeights
 from .edge_weights import DynamicAdjacency
 from .graph_conv import GraphConv, GraphResidualBlock
 from .heads import FCHead, HeadOutput, LGRLHead
-from .losses import LaplaceNLLLoss, RelativeLocationLoss, SoftWingLoss, WingLoss
+from .losses import AttentionHeatmapLoss, LaplaceNLLLoss, RelativeLocationLoss, SoftWingLoss, WingLoss
 from .map_to_node import MapToNode
 from .metrics import LandmarkEvaluator, auc, ced, failure_rate, nme
 from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
@@ -14,6 +14,7 @@ from .schemes import LandmarkScheme, get_scheme, register_scheme
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionHeatmapLoss",
     "AttentionToNode",
     "DynamicAdjacency",
     "FCHead",

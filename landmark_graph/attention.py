@@ -53,44 +53,63 @@ def grid_coordinates(height: int, width: int, *, dtype: torch.dtype, device: tor
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(height * width, 2)
 
 
+def _separable_block(in_channels: int | None, out_channels: int) -> list[nn.Module]:
+    """1x1 convolution, depthwise 3x3, BN, ReLU: a 3x3 receptive field at a 1x1's cost."""
+    pointwise = (nn.LazyConv2d(out_channels, 1, bias=False) if in_channels is None
+                 else nn.Conv2d(in_channels, out_channels, 1, bias=False))
+    depthwise = nn.Conv2d(out_channels, out_channels, 3, padding=1, groups=out_channels, bias=False)
+    return [pointwise, depthwise, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
 class AttentionToNode(nn.Module):
     r"""Per-landmark spatial attention over the backbone map, pooled into one vector per node.
 
     .. math::
-        V &= \mathrm{ReLU}(\mathrm{BN}(W_v * F)) \in \mathbb R^{D \times HW}, \qquad
-        A_i = \operatorname{softmax}_p\big(w_i^\top V_{:,p} + c_i\big) \in \Delta^{HW}, \\
+        V &= \psi_2(\psi_1(F)) \in \mathbb R^{D \times HW}, \qquad
+        a_{ip} = w_i^\top V_{:,p} + c_i
+          - \tfrac12 \big\lVert (g_p - m_i) \oslash s_i \big\rVert^2, \qquad
+        A_i = \operatorname{softmax}_p(a_i), \\
         \mu_i &= \sum_p A_{ip}\, g_p, \qquad
         \sigma_i = \Big(\sum_p A_{ip}\, (g_p - \mu_i)^{\odot 2} + \epsilon\Big)^{\odot 1/2}, \\
         h_i &= \Big[\textstyle\sum_p A_{ip} V_{:,p} + e_i,\ \ \mu_i,\ \ \sigma_i\Big] \in \mathbb R^{D + 4}
 
-    with :math:`W_v` a 1x1 convolution, :math:`w_i, c_i` the 1x1 convolution to the ``N``
-    attention maps, :math:`g_p \in [-1, 1]^2` the centre of cell :math:`p`
+    with :math:`\psi` two depthwise-separable blocks (1x1 convolution, depthwise 3x3, BN, ReLU:
+    a 5x5-cell receptive field, so that a landmark can be told from its look-alikes),
+    :math:`w_i, c_i` the 1x1 convolution to the ``N`` attention logits, a learned Gaussian
+    log-prior per landmark over positions (centre :math:`m_i`, scales :math:`s_i`; :math:`m_i = 0,
+    s_i = 1` at the start), :math:`g_p \in [-1, 1]^2` the centre of cell :math:`p`
     (:func:`grid_coordinates`, x right, y down), :math:`e_i` a learned code of node :math:`i`
-    (zero at the start) and :math:`\epsilon = 10^{-6}`. :math:`\mu_i` is the attention's
-    expected position and :math:`\sigma_i` its spread per axis; they are the last
+    (zero at the start) and :math:`\epsilon = 10^{-6}`. :math:`\mu_i` is the attention's expected
+    position and :math:`\sigma_i` its spread per axis; they are the last
     :data:`POSITION_FEATURES` features of each node. Nothing depends on ``H, W``, which may
     change from call to call.
+
+    The attention only stays local, so that an occluder far from a landmark does not move it,
+    when it is trained to be (:func:`~landmark_graph.functional.attention_heatmap_loss` on the
+    logits :math:`a`); trained through the landmarks alone it spreads over the map.
 
     Args:
         num_landmarks: ``N``.
         in_channels: ``C`` of the backbone map; ``None`` infers it at the first call.
-        hidden_channels: ``D``, the width of the value projection :math:`W_v`.
+        hidden_channels: ``D``, the width of the value path :math:`\psi`.
 
     Shape:
         - Input: ``Tensor[B, C, H, W]``.
-        - Output: ``Tensor[B, N, D + 4]``.
+        - Output: ``(nodes, logits)``: ``Tensor[B, N, D + 4]`` and the attention logits
+          :math:`a` as ``Tensor[B, N, H, W]``.
 
     Example:
         >>> import torch
         >>> m = AttentionToNode(98, in_channels=512, hidden_channels=128)
-        >>> m(torch.randn(2, 512, 8, 8)).shape
-        torch.Size([2, 98, 132])
+        >>> nodes, logits = m(torch.randn(2, 512, 8, 8))
+        >>> nodes.shape, logits.shape
+        (torch.Size([2, 98, 132]), torch.Size([2, 98, 8, 8]))
         >>> m.attention_maps(torch.randn(2, 512, 5, 7)).sum(dim=(-2, -1))[0, :3]
         tensor([1.0000, 1.0000, 1.0000])
     """
 
     def __init__(
-        self, num_landmarks: int, in_channels: int | None = None, hidden_channels: int = 256
+        self, num_landmarks: int, in_channels: int | None = None, hidden_channels: int = 128
     ) -> None:
         super().__init__()
         _positive_int("num_landmarks", num_landmarks)
@@ -100,10 +119,11 @@ class AttentionToNode(nn.Module):
         self.num_landmarks = num_landmarks
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
-        conv = (nn.LazyConv2d(hidden_channels, 1, bias=False) if in_channels is None
-                else nn.Conv2d(in_channels, hidden_channels, 1, bias=False))
-        self.value = nn.Sequential(conv, nn.BatchNorm2d(hidden_channels), nn.ReLU(inplace=True))
+        self.value = nn.Sequential(*_separable_block(in_channels, hidden_channels),
+                                   *_separable_block(hidden_channels, hidden_channels))
         self.attend = nn.Conv2d(hidden_channels, num_landmarks, 1)
+        self.prior_centre = nn.Parameter(torch.zeros(num_landmarks, 2))
+        self.prior_log_scale = nn.Parameter(torch.zeros(num_landmarks, 2))
         self.node_code = nn.Parameter(torch.zeros(num_landmarks, hidden_channels))
 
     @property
@@ -111,29 +131,33 @@ class AttentionToNode(nn.Module):
         """``D + 4``, the size of each node's features."""
         return self.hidden_channels + POSITION_FEATURES
 
-    def _values_and_attention(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """``V`` as ``Tensor[B, D, H, W]`` and the attention ``Tensor[B, N, H * W]``."""
+    def _values_and_logits(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``V`` ``Tensor[B, D, H, W]``, the logits ``Tensor[B, N, H * W]`` and the grid ``[H * W, 2]``."""
         check_feature_map("features", features, materialized(self.value[0]))
         check_param_dtype("features", features, self)
         values = self.value(features)
-        return values, self.attend(values).flatten(2).softmax(dim=-1)
+        logits = self.attend(values).flatten(2)
+        grid = grid_coordinates(*values.shape[-2:], dtype=logits.dtype, device=logits.device)
+        z = (grid - self.prior_centre.unsqueeze(1).to(logits.dtype)) * torch.exp(
+            -self.prior_log_scale.unsqueeze(1).to(logits.dtype))  # (N, HW, 2)
+        return values, logits - 0.5 * z.square().sum(-1), grid
 
-    def forward(self, features: Tensor) -> Tensor:
-        values, attention = self._values_and_attention(features)
-        height, width = values.shape[-2:]
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        values, logits, grid = self._values_and_logits(features)
+        attention = logits.softmax(dim=-1)
         pooled = torch.bmm(attention.to(values.dtype), values.flatten(2).transpose(1, 2))
-        grid = grid_coordinates(height, width, dtype=attention.dtype, device=attention.device)
         position = attention @ grid  # (B, N, 2)
         offset = grid - position.unsqueeze(2)  # (B, N, HW, 2)
         spread = ((attention.unsqueeze(-1) * offset.square()).sum(dim=2) + 1e-6).sqrt()
         nodes = pooled + self.node_code.to(pooled.dtype)
-        return torch.cat([nodes, position.to(nodes.dtype), spread.to(nodes.dtype)], dim=-1)
+        nodes = torch.cat([nodes, position.to(nodes.dtype), spread.to(nodes.dtype)], dim=-1)
+        return nodes, logits.view(*logits.shape[:2], *values.shape[-2:])
 
     @torch.no_grad()
     def attention_maps(self, features: Tensor) -> Tensor:
         """``Tensor[B, N, H, W]``: each landmark's attention :math:`A_i`, summing to 1 over the map."""
-        values, attention = self._values_and_attention(features)
-        return attention.view(attention.shape[0], self.num_landmarks, *values.shape[-2:])
+        values, logits, _ = self._values_and_logits(features)
+        return logits.softmax(dim=-1).view(*logits.shape[:2], *values.shape[-2:])
 
     def extra_repr(self) -> str:
         return (f"num_landmarks={self.num_landmarks}, in_channels={self.in_channels}, "

@@ -1,10 +1,11 @@
 r"""Functional forms of the losses (paper §III-D, eq. 6-11, and the Laplace NLL) and of the edge gating.
 
-Every loss takes ``pred`` and ``target`` ``Tensor[B, N, 2]`` and an optional visibility mask
+Every landmark loss takes ``pred`` and ``target`` ``Tensor[B, N, 2]`` and an optional visibility mask
 ``Tensor[B, N]`` (bool or 0/1); hidden landmarks contribute nothing, and may hold NaN
 placeholders (in any input of the loss); a NaN or inf at a counted landmark raises. ``reduction``
 is ``"mean"`` (over the visible coordinates; 0 when none is visible), ``"sum"`` or ``"none"``
-(``Tensor[B, N, 2]`` with zeros where hidden).
+(``Tensor[B, N, 2]`` with zeros where hidden). :func:`attention_heatmap_loss` trains the
+attention of ``LGRLHead(embedding="attention")``, one term per landmark.
 
 :func:`gate_edge_weights` is the occlusion gating of ``LGRLHead(gate_edges=True)``: it acts on the
 edge weights before the aggregation, so the aggregation op stays as it is.
@@ -20,9 +21,11 @@ from torch import Tensor
 
 from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape, check_tensor
 from .adjacency import as_square_mask
+from .attention import grid_coordinates
 from .ops import NeighborTable
 
 __all__ = [
+    "attention_heatmap_loss",
     "gate_edge_weights",
     "laplace_nll_loss",
     "laplacian_matrix",
@@ -62,7 +65,7 @@ def _zero_hidden(mask: Tensor | None, **tensors: Tensor) -> list[Tensor]:
 
     Visible landmarks must be finite: a NaN there (bad labels, or a model fed NaN features,
     which the layers do not scan for) raises instead of turning the loss into NaN. The tensors
-    ``(B, N, 2)`` come back in the order given.
+    ``(B, N, ...)`` come back in the order given.
     """
     if mask is not None:
         visible = mask.unsqueeze(-1) != 0
@@ -209,6 +212,72 @@ def laplace_nll_loss(
     if full:
         loss = loss + math.log(2.0)
     return _reduce(loss, mask, reduction)
+
+
+def attention_heatmap_loss(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    sigma: float = 0.5,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Cross-entropy of each landmark's spatial attention against a Gaussian at its target.
+
+    .. math::
+        \ell_{bi} = -\sum_p T_{bip} \log \operatorname{softmax}_p(a_{bi})_p, \qquad
+        T_{bip} \propto \exp\Big(-\tfrac12 \big\lVert (g_p - u_{bi}) \oslash \varsigma \big\rVert^2\Big)
+
+    with :math:`g_p` the cell centres in :math:`[-1, 1]`
+    (:func:`~landmark_graph.attention.grid_coordinates`), :math:`u_{bi}` the target in the same
+    normalised map coordinates and :math:`\varsigma = (2\sigma / W, 2\sigma / H)`: ``sigma``
+    cells. It teaches ``LGRLHead(embedding="attention")``'s attention to look at its landmark
+    and nowhere else, which is what keeps an occluder far from a landmark from moving it. Pass
+    the visibility as ``mask``: an occluded landmark cannot be seen, so its attention is left
+    free.
+
+    Args:
+        logits: ``Tensor[B, N, H, W]`` attention logits (``HeadOutput.attention_logits``).
+        target: ``Tensor[B, N, 2]`` landmarks in normalised map coordinates, x right, y down:
+            :math:`-1` and :math:`1` are the image's outer edges (with pixel targets of an
+            ``S x S`` image, :math:`u = (p + 0.5) / (S / 2) - 1`).
+        mask: optional ``Tensor[B, N]``; hidden landmarks may hold NaN.
+        sigma: the target's standard deviation, in map cells.
+        reduction: ``"mean"`` (over counted landmarks), ``"sum"`` or ``"none"``
+            (``Tensor[B, N]``, zeros where hidden).
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(1, 1, 4, 4)
+        >>> logits[0, 0, 1, 2] = 8.0  # attention on the cell centred at x = 0.25, y = -0.25
+        >>> near = attention_heatmap_loss(logits, torch.tensor([[[0.25, -0.25]]]))
+        >>> far = attention_heatmap_loss(logits, torch.tensor([[[-0.75, 0.75]]]))
+        >>> bool(near < far)
+        True
+    """
+    check_floating("logits", logits)
+    check_floating("target", target)
+    check_ndim("logits", logits, 4, "(B, N, H, W)")
+    check_shape("target", target, (*logits.shape[:2], 2), "(B, N, 2) matching logits (B, N, H, W)")
+    _check_positive(sigma=sigma)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    b, n, height, width = logits.shape
+    mask = check_mask(mask, b, n, logits.device)
+    flat, target = _zero_hidden(mask, logits=logits.flatten(2), target=target)
+    grid = grid_coordinates(height, width, dtype=flat.dtype, device=flat.device)  # (HW, 2)
+    spread = torch.tensor([2 * sigma / width, 2 * sigma / height], dtype=flat.dtype, device=flat.device)
+    z = (grid - target.to(flat.dtype).unsqueeze(2)) / spread  # (B, N, HW, 2)
+    heat = (-0.5 * z.square().sum(-1)).softmax(dim=-1)
+    loss = -(heat * flat.log_softmax(dim=-1)).sum(dim=-1)  # (B, N)
+    if mask is not None:
+        loss = loss * mask.to(loss.dtype)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    count = loss.new_tensor(loss.numel()) if mask is None else mask.to(loss.dtype).sum()
+    return loss.sum() / count.clamp(min=1)
 
 
 def laplacian_matrix(adjacency: Tensor) -> Tensor:

@@ -60,11 +60,14 @@ class HeadOutput(NamedTuple):
         visibility_logits: ``Tensor[B, N]``, high = visible (``visibility=True``).
         log_scale: ``Tensor[B, N, 2]``, the log of a Laplace scale per coordinate, in the units
             of ``landmarks`` (``uncertainty=True``).
+        attention_logits: ``Tensor[B, N, H, W]``, each landmark's attention logits
+            (``embedding="attention"``), for :func:`~landmark_graph.functional.attention_heatmap_loss`.
     """
 
     landmarks: Tensor
     visibility_logits: Tensor | None
     log_scale: Tensor | None
+    attention_logits: Tensor | None = None
 
 
 #: The node embeddings of :class:`LGRLHead` (``embedding=``).
@@ -91,7 +94,10 @@ class LGRLHead(nn.Module):
       :math:`P_i = \mu_i + b_i + g_{\text{out}}(\cdot)_i` with a learned :math:`b_i` (zero at
       the start). :math:`\mu_i` is in normalised map coordinates (:math:`[-1, 1]`
       across the map, x right, y down), so targets should be in units of half the image side,
-      as :class:`~landmark_graph.training.LandmarkModel`'s.
+      as :class:`~landmark_graph.training.LandmarkModel`'s. Train the attention with
+      :func:`~landmark_graph.functional.attention_heatmap_loss` on
+      ``HeadOutput.attention_logits`` beside the landmark loss: without it the attention
+      spreads over the map and is no more local than the paper's embedding.
     - ``visibility=True``: per-landmark visibility logits :math:`v = H_0 w + c`, read from the
       node embedding before the graph (train them with ``BCEWithLogitsLoss`` on visibility flags).
     - ``gate_edges=True`` (needs ``visibility``): every graph layer's edge weights are gated by
@@ -117,8 +123,8 @@ class LGRLHead(nn.Module):
             (``embedding="map_to_node"`` only).
         edge_weights: ``"dynamic"`` (per image, the paper), ``"static"`` (learned per layer,
             the authors' code) or ``"binary"`` (all edges equal).
-        hidden_channels: width of the embedding's first convolution: map-to-node's 3x3
-            convolution, or the attention's 1x1 value projection ``D``.
+        hidden_channels: width of the embedding: map-to-node's first 3x3 convolution (default
+            256), or the attention's value path ``D`` (default 128).
         embedding: ``"map_to_node"`` (the paper) or ``"attention"``.
         visibility: predict visibility logits.
         uncertainty: predict a Laplace log-scale per coordinate.
@@ -155,7 +161,7 @@ class LGRLHead(nn.Module):
         num_blocks: int = 4,
         expansion: int = 4,
         edge_weights: str = "dynamic",
-        hidden_channels: int = 256,
+        hidden_channels: int | None = None,
         embedding: str = "map_to_node",
         visibility: bool = False,
         uncertainty: bool = False,
@@ -194,12 +200,14 @@ class LGRLHead(nn.Module):
         self.attention: AttentionToNode | None = None
         self.dynamic: DynamicAdjacency | NodeEdgeWeights | None = None
         if embedding == "map_to_node":
-            self.map_to_node = MapToNode(num_landmarks, in_channels, expansion, hidden_channels)
+            width = 256 if hidden_channels is None else hidden_channels
+            self.map_to_node = MapToNode(num_landmarks, in_channels, expansion, width)
             node_features = None
             if edge_weights == "dynamic":
                 self.dynamic = DynamicAdjacency(self.table, num_landmarks * expansion, hidden_features)
         else:
-            self.attention = AttentionToNode(num_landmarks, in_channels, hidden_channels)
+            width = 128 if hidden_channels is None else hidden_channels
+            self.attention = AttentionToNode(num_landmarks, in_channels, width)
             node_features = self.attention.out_features
             if edge_weights == "dynamic":
                 self.dynamic = NodeEdgeWeights(self.table, node_features)
@@ -236,26 +244,27 @@ class LGRLHead(nn.Module):
             if module is not self and hasattr(module, "reset_edge_parameters"):
                 module.reset_edge_parameters()
 
-    def _embed(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _embed(self, features: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Node features, per-image edge weights (or ``None``) and attention logits (or ``None``)."""
         if self.attention is not None:
-            nodes = self.attention(features)  # (B, N, D + 4)
-            return nodes, None if self.dynamic is None else self.dynamic(nodes)
+            nodes, logits = self.attention(features)  # (B, N, D + 4), (B, N, H, W)
+            return nodes, None if self.dynamic is None else self.dynamic(nodes), logits
         nodes = self.map_to_node(features)  # (B, N, n*H*W)
         if self.dynamic is None:
-            return nodes, None
+            return nodes, None, None
         b, n = nodes.shape[:2]
         # Context: spatial mean of each of the N*n map-to-node channels (SPEC §3).
         expansion = self.map_to_node.expansion
         # Explicit sizes, not -1: a view of an empty batch cannot infer a dimension.
         context = nodes.view(b, n, expansion, nodes.shape[-1] // expansion).mean(dim=-1).flatten(1)
-        return nodes, self.dynamic(context)
+        return nodes, self.dynamic(context), None
 
     def _visibility_logits(self, nodes: Tensor) -> Tensor | None:
         return None if self.visibility_head is None else self.visibility_head(nodes).squeeze(-1)
 
     def forward(self, features: Tensor, return_details: bool = False) -> Tensor | HeadOutput:
         size = materialized(self.input_conv.linear)
-        nodes, edge_weights = self._embed(features)
+        nodes, edge_weights, attention_logits = self._embed(features)
         if size is not None and nodes.shape[-1] != size:
             raise ValueError(
                 f"features must keep the spatial size of the first call, n*H*W = {size}, "
@@ -273,7 +282,7 @@ class LGRLHead(nn.Module):
         if not return_details:
             return landmarks
         log_scale = None if self.scale_head is None else self.scale_head(h)
-        return HeadOutput(landmarks, visibility, log_scale)
+        return HeadOutput(landmarks, visibility, log_scale, attention_logits)
 
     @torch.no_grad()
     def dense_edge_weights(self, features: Tensor) -> Tensor:
@@ -283,7 +292,7 @@ class LGRLHead(nn.Module):
         are the input layer's, repeated over the batch; with ``gate_edges`` they are gated by
         the predicted visibility, as the layer uses them.
         """
-        nodes, weights = self._embed(features)
+        nodes, weights, _ = self._embed(features)
         if weights is None:
             weights = self.input_conv.own_edge_weights().expand(nodes.shape[0], -1, -1)
         if self.gate_edges:

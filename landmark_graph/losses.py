@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from . import functional as LF
 from .adjacency import check_adjacency
 
-__all__ = ["LaplaceNLLLoss", "RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
+__all__ = ["AttentionHeatmapLoss", "LaplaceNLLLoss", "RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
 
 
 def _check_reduction(reduction: str) -> str:
@@ -130,6 +130,43 @@ class LaplaceNLLLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"full={self.full}, reduction={self.reduction!r}"
+
+
+class AttentionHeatmapLoss(nn.Module):
+    r"""Cross-entropy of each landmark's attention against a Gaussian at its target.
+
+    See :func:`~landmark_graph.functional.attention_heatmap_loss`:
+
+    .. math::
+        \ell_{bi} = -\sum_p T_{bip} \log \operatorname{softmax}_p(a_{bi})_p
+
+    Args:
+        sigma: the target Gaussian's standard deviation, in map cells.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        - ``logits``: ``Tensor[B, N, H, W]`` (``HeadOutput.attention_logits``); ``target``:
+          ``Tensor[B, N, 2]`` in normalised map coordinates; ``mask``: ``Tensor[B, N]`` or ``None``.
+        - Output: scalar, or ``Tensor[B, N]`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> loss = AttentionHeatmapLoss()
+        >>> round(loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 2)).item(), 4)  # uniform: log 16
+        2.7726
+    """
+
+    def __init__(self, sigma: float = 0.5, reduction: str = "mean") -> None:
+        super().__init__()
+        LF._check_positive(sigma=sigma)
+        self.sigma = sigma
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return LF.attention_heatmap_loss(logits, target, mask, sigma=self.sigma, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, reduction={self.reduction!r}"
 
 
 class RelativeLocationLoss(nn.Module):

@@ -17,7 +17,8 @@ SHAPE = (8, 4, 4)  # backbone map (C, H, W)
 
 
 class Details(nn.Module):
-    """Two heads' :class:`HeadOutput` as one flat tuple: attention + gating, map-to-node + gating."""
+    """Two heads' :class:`HeadOutput` as one flat tuple (``None`` fields left out): attention +
+    gating, map-to-node + gating."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,7 +28,8 @@ class Details(nn.Module):
         self.paper = LGRLHead(6, 2, expansion=2, **options)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (*self.attention(x, return_details=True), *self.paper(x, return_details=True))
+        outputs = (*self.attention(x, return_details=True), *self.paper(x, return_details=True))
+        return tuple(t for t in outputs if t is not None)
 
 
 def test_onnx_runtime_matches_pytorch_on_every_output(tmp_path):
@@ -39,13 +41,15 @@ def test_onnx_runtime_matches_pytorch_on_every_output(tmp_path):
             p.add_(0.3 * torch.randn_like(p))
     path = export_onnx(model, tmp_path / "details.onnx", torch.randn(2, *SHAPE))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert len(session.get_outputs()) == 6
+    assert len(session.get_outputs()) == 7
     model.eval()
     for batch in (1, 5):
         x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
             expected = model(x)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        for name, g, e in zip(("landmarks", "visibility", "log_scale") * 2, got, expected, strict=True):
+        names = ("landmarks", "visibility", "log_scale", "attention_logits", "paper landmarks",
+                 "paper visibility", "paper log_scale")
+        for name, g, e in zip(names, got, expected, strict=True):
             assert e.abs().max() > 1e-2, name  # an output of ~0 would make the check vacuous
             torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-4, msg=name)
