@@ -11,6 +11,10 @@ Reports, for N = 98 landmarks on an 8 x 8 backbone map (I = n*H*W = 256, F = 128
 4. Parameters and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per image) of LGRLHead,
    FCHead and the authors' head, next to SPEC §4's formula for the graph layers.
 
+Tables 2-4 also have the occlusion-aware head (issue 15): ``LGRLHead-attention``
+(``embedding="attention"``, value width D = 128) and ``LGRLHead-attention-full`` (+ visibility,
+gating, uncertainty).
+
 Usage::
 
     python benchmarks/bench_head.py [--device cuda] [--threads 1 --clock cpu] [--json out.json]
@@ -103,6 +107,10 @@ def build(device: torch.device) -> dict[str, nn.Module]:
         mask, C, HW * HW, EXPANSION, hidden_features=F, num_blocks=BLOCKS
     )
     heads["FCHead"] = FCHead(N, in_channels=C)
+    full = dict(visibility=True, gate_edges=True, uncertainty=True)
+    for name, options in (("LGRLHead-attention", {}), ("LGRLHead-attention-full", full)):
+        heads[name] = LGRLHead(N, K_NEIGHBOURS, in_channels=C, hidden_features=F, num_blocks=BLOCKS,
+                               embedding="attention", **options)
     probe = torch.randn(2, C, HW, HW)
     for head in heads.values():
         head(probe)  # materialise lazy layers
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {}
     for name, head in heads.items():
         entry = {"parameters": params(head), "flops_whole": flops(lambda h=head: h(one))}
-        if name.startswith("LGRLHead"):
+        if name in ("LGRLHead-dynamic", "LGRLHead-static"):
             entry["flops_graph_layers"] = flops(lambda h=head: graph_part(h)(one_nodes))
             entry["parameters_graph_layers"] = params(head) - params(head.map_to_node)
         elif name == "authors-dense":

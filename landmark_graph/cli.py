@@ -63,6 +63,16 @@ _HELP = {
     "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go",
     "resume": "checkpoint to continue from",
     "sync_bn": "SyncBatchNorm across processes (under torchrun)",
+    "backbone_depth": "stride-2 blocks of the small backbone (its map is S / 2^depth)",
+    "embedding": "node embedding of the lgrl head: map_to_node (the paper) or attention (local)",
+    "visibility": "predict per-landmark visibility, trained on the data's visible flags (synthetic, COFW)",
+    "uncertainty": "predict a Laplace scale per coordinate",
+    "gate_edges": "gate each receiver's edges by its senders' predicted visibility (needs --visibility)",
+    "attention_weight": "weight of the attention heatmap loss (--embedding attention)",
+    "visibility_weight": "weight of the visibility BCE (--visibility)",
+    "uncertainty_weight": "weight of the Laplace NLL (--uncertainty)",
+    "consistency_weight": "occlusion-consistency training: weight of the visible landmarks' pull to "
+                          "their clean-image predictions, occluders pasted on every batch (0: off)",
 }
 _OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out_dir": str, "resume": str}
 
@@ -73,7 +83,8 @@ def _config_choices() -> dict[str, list[str]]:
     return {"dataset": sorted(training.DATASETS), "head": sorted(training.HEADS),
             "loss": sorted(training.LOSSES), "optimizer": sorted(training.OPTIMIZERS),
             "schedule": sorted(training.SCHEDULES), "adjacency": sorted(training.ADJACENCIES),
-            "edge_weights": ["dynamic", "static", "binary"], "scheme": ["wflw98", "300w68", "cofw29"]}
+            "edge_weights": ["dynamic", "static", "binary"], "scheme": ["wflw98", "300w68", "cofw29"],
+            "embedding": list(training.EMBEDDINGS)}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -119,6 +130,17 @@ def _print_metrics(metrics: dict[str, dict]) -> None:
     for name, m in metrics.items():
         print(f"{name:>10}: NME {m['nme']:.4f}  FR@0.1 {m['fr']:.2%}  AUC@0.1 {m['auc']:.4f}"
               f"  (n={m['count']})")
+        occlusion = m.get("occlusion")
+        if occlusion:  # a set with visibility flags
+            groups = "  ".join(f"{group} {g['nme']:.4f} (n={g['count']})"
+                               for group, g in occlusion["visible_nme"].items())
+            print(f"{'':>10}  visible-only NME by occluded share: {groups}")
+            extras = {"rise": occlusion["rise"], "visibility AUROC": occlusion.get("visibility_auroc"),
+                      "Spearman(scale, error)": occlusion.get("scale_spearman"),
+                      "90% interval holds": occlusion.get("coverage", {}).get("0.9")}
+            shown = "  ".join(f"{label} {value:.4f}" for label, value in extras.items() if value is not None)
+            if shown:
+                print(f"{'':>10}  {shown}")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -186,7 +208,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    """Predict landmarks on image files; print or save them as JSON and draw them."""
+    """Predict landmarks on image files; print or save them as JSON and draw them.
+
+    With a head that has them, the JSON also holds per point the visibility probability and
+    the Laplace scale ``(b_x, b_y)`` in image pixels, and the drawing marks the points judged
+    occluded (probability under 0.5) with red crosses.
+    """
     import numpy as np
     import torch.nn.functional as F
 
@@ -195,7 +222,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model, config = model_from_checkpoint(args.checkpoint, device)
-    results, drawn = {}, []
+    results, visibility, scales, drawn = {}, {}, {}, []
     for path in args.images:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path!r} does not exist")
@@ -205,13 +232,25 @@ def _run_predict(args: argparse.Namespace) -> int:
         size = config.image_size
         resized = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)
         with torch.no_grad():
-            points = model(resized.to(device))[0].cpu()
+            out = model(resized.to(device), return_details=True)
         # Crop pixels (centres at integers) back to image pixels.
         scale = torch.tensor([width / size, height / size])
-        points = (points + 0.5) * scale - 0.5
+        points = (out.landmarks[0].cpu() + 0.5) * scale - 0.5
         results[str(path)] = points.tolist()
-        drawn.append((image, points.numpy(), Path(path).stem))
-    text = json.dumps({"scheme": config.scheme_name, "landmarks": results}, indent=1)
+        visible = None
+        if out.visibility_logits is not None:
+            visible = torch.sigmoid(out.visibility_logits[0].float()).cpu()
+            visibility[str(path)] = visible.tolist()
+        if out.log_scale is not None:
+            scales[str(path)] = (out.log_scale[0].float().exp().cpu() * scale).tolist()
+        occluded = None if visible is None else visible.numpy() < 0.5
+        drawn.append((image, points.numpy(), occluded, Path(path).stem))
+    document = {"scheme": config.scheme_name, "landmarks": results}
+    if visibility:
+        document["visibility"] = visibility
+    if scales:
+        document["scale"] = scales
+    text = json.dumps(document, indent=1)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -221,10 +260,15 @@ def _run_predict(args: argparse.Namespace) -> int:
         if plt is not None:
             out = Path(args.draw)
             out.mkdir(parents=True, exist_ok=True)
-            for image, points, stem in drawn:
+            for image, points, occluded, stem in drawn:
                 fig, ax = plt.subplots(figsize=(4, 4))
                 ax.imshow(image)
-                ax.scatter(points[:, 0], points[:, 1], s=6, c="lime")
+                seen = slice(None) if occluded is None else ~occluded
+                ax.scatter(points[seen, 0], points[seen, 1], s=6, c="lime")
+                if occluded is not None and occluded.any():
+                    ax.scatter(points[occluded, 0], points[occluded, 1], s=14, c="red", marker="x",
+                               linewidths=1, label="judged occluded")
+                    ax.legend(fontsize=6, loc="lower left")
                 ax.axis("off")
                 fig.savefig(out / f"{stem}_landmarks.png", dpi=100, bbox_inches="tight")
                 plt.close(fig)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ._checks import check_floating
 
 __all__ = [
+    "LandmarkOutputs",
     "add_export_arguments",
     "export_checkpoint",
     "export_onnx",
@@ -129,7 +130,7 @@ def export_onnx(
     opset_version: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     input_name: str = "input",
-    output_name: str = "landmarks",
+    output_name: str | Sequence[str] = "landmarks",
 ) -> Path:
     """Write ``model`` as one self-contained ONNX file (weights inside), in eval mode.
 
@@ -138,12 +139,13 @@ def export_onnx(
     legacy TorchScript exporter, deprecated by PyTorch, is not supported.
 
     Args:
-        model: maps ``Tensor[B, ...]`` to one tensor.
+        model: maps ``Tensor[B, ...]`` to one tensor or a tuple of tensors.
         path: output ``.onnx`` file; its folder is created.
         example_input: ``Tensor[B, ...]``, ``B >= 1``; sizes other than ``B`` are fixed.
         opset_version: ONNX opset, ``>= 18``.
         dynamic_batch: keep ``B`` symbolic (ONNX dimension named ``"batch"``).
-        input_name, output_name: names of the graph's input and output.
+        input_name, output_name: names of the graph's input and output (a sequence of names
+            for a model with several outputs).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -161,27 +163,66 @@ def export_onnx(
         # external_data=False: one file, the weights inside (ONNX's protobuf limit is 2 GiB).
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, opset_version=opset_version,
-            input_names=[input_name], output_names=[output_name],
+            input_names=[input_name],
+            output_names=[output_name] if isinstance(output_name, str) else list(output_name),
             dynamic_shapes=({0: _batch_dim()},) if dynamic_batch else None,
             external_data=False, verbose=False,
         )
     return path
 
 
-def run_onnx(path: str | Path, inputs: Tensor) -> Tensor:
-    """Run an exported file with ONNX Runtime on CPU: ``Tensor[B, ...]`` in, first output out."""
+def run_onnx(path: str | Path, inputs: Tensor, *, all_outputs: bool = False) -> Tensor | dict[str, Tensor]:
+    """Run an exported file with ONNX Runtime on CPU: ``Tensor[B, ...]`` in, the first output out
+    (``all_outputs``: ``{name: Tensor}`` of every output, in the graph's order)."""
     ort = _require("onnxruntime", "running an ONNX file")
     check_floating("inputs", inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: inputs.detach().cpu().contiguous().numpy()}
-    return torch.from_numpy(session.run(None, feed)[0])
+    outputs = [torch.from_numpy(value) for value in session.run(None, feed)]
+    if not all_outputs:
+        return outputs[0]
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
 
 
 def onnx_max_error(model: nn.Module, path: str | Path, inputs: Tensor) -> float:
-    r""":math:`\max |f_\text{ONNX}(x) - f_\text{torch}(x)|` over ``inputs``, the model in eval mode."""
+    r""":math:`\max |f_\text{ONNX}(x) - f_\text{torch}(x)|` over ``inputs`` and every output, the
+    model in eval mode."""
     with _eval_mode(model), torch.no_grad():
         expected = model(inputs)
-    return float((run_onnx(path, inputs) - expected.cpu()).abs().max())
+    expected = (expected,) if isinstance(expected, Tensor) else tuple(expected)
+    got = list(run_onnx(path, inputs, all_outputs=True).values())
+    if len(got) != len(expected):
+        raise RuntimeError(f"{path} has {len(got)} outputs, the model {len(expected)}")
+    return max(float((g - e.cpu()).abs().max()) for g, e in zip(got, expected, strict=True))
+
+
+class LandmarkOutputs(nn.Module):
+    """A :class:`~landmark_graph.training.LandmarkModel` with the extra outputs of its head as a
+    flat tuple, for export: ``landmarks`` ``Tensor[B, N, 2]``, then ``visibility_logits``
+    ``Tensor[B, N]`` and ``log_scale`` ``Tensor[B, N, 2]`` (pixels) where the head has them.
+
+    Example:
+        >>> from landmark_graph.training import TrainConfig, build_model
+        >>> config = TrainConfig(image_size=32, scheme="cofw29", hidden_features=8, num_blocks=1,
+        ...                      backbone_width=8, embedding="attention", head_channels=8, visibility=True)
+        >>> wrapped = LandmarkOutputs(build_model(config).eval())
+        >>> wrapped.output_names, [tuple(t.shape) for t in wrapped(torch.zeros(2, 3, 32, 32))]
+        (('landmarks', 'visibility_logits'), [(2, 29, 2), (2, 29)])
+    """
+
+    FIELDS = ("landmarks", "visibility_logits", "log_scale")
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        head = model.head
+        present = {"landmarks": True, "visibility_logits": getattr(head, "visibility_head", None) is not None,
+                   "log_scale": getattr(head, "scale_head", None) is not None}
+        self.output_names = tuple(name for name in self.FIELDS if present[name])
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images, return_details=True)
+        return tuple(getattr(out, name) for name in self.output_names)
 
 
 # --- checkpoints and the command line ------------------------------------------------------
@@ -259,6 +300,13 @@ def export_checkpoint(
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, *shape, generator=generator).to(dtype)
+    from .training import LandmarkModel  # lazy, as in load_checkpoint_model
+
+    if isinstance(model, LandmarkModel):
+        wrapped = LandmarkOutputs(model)
+        if len(wrapped.output_names) > 1:  # visibility and scales become named outputs
+            model = wrapped
+            onnx_options.setdefault("output_name", wrapped.output_names)
     export_onnx(model, output, example, **onnx_options)
     if not check:
         return None

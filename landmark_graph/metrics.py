@@ -33,6 +33,7 @@ from .schemes import LandmarkScheme, get_scheme, scheme_for_num_landmarks
 __all__ = [
     "NORMALIZATIONS",
     "OCCLUSION_EDGES",
+    "OCCLUSION_GROUPS",
     "WFLW_ATTRIBUTES",
     "LandmarkEvaluator",
     "attribute_subsets",
@@ -45,6 +46,7 @@ __all__ = [
     "nme_by_occlusion",
     "normalizing_distance",
     "occlusion_bins",
+    "occlusion_report",
     "occlusion_rise",
     "scale_error_spearman",
 ]
@@ -620,6 +622,71 @@ def laplace_interval_coverage(
     if keep is not None:
         inside = inside[keep]
     return float(inside.double().mean())
+
+
+#: The lightly, moderately and heavily occluded groups of :func:`occlusion_report` (shares 0-10-30-60 %).
+OCCLUSION_GROUPS: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
+#: The interval probabilities :func:`occlusion_report` checks the Laplace scales at (a reliability curve).
+COVERAGE_LEVELS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def occlusion_report(
+    pred: Tensor,
+    target: Tensor,
+    visible: Tensor,
+    visibility_logits: Tensor | None = None,
+    log_scale: Tensor | None = None,
+    *,
+    edges: Sequence[float] = OCCLUSION_GROUPS,
+    scheme: LandmarkScheme | str | None = None,
+) -> dict:
+    r"""What a set with visibility flags says about occlusion robustness, visibility and uncertainty.
+
+    Args:
+        pred, target: ``Tensor[B, N, 2]``.
+        visible: ``BoolTensor[B, N]``, the data's flags.
+        visibility_logits: ``Tensor[B, N]`` of a head with ``visibility=True``, or ``None``.
+        log_scale: ``Tensor[B, N, 2]`` of a head with ``uncertainty=True``, in the units of
+            ``pred``, or ``None``.
+        edges: the occluded-share groups, closed first bin (:func:`occlusion_bins` without
+            the zero bin).
+        scheme: for the inter-ocular normalisation, as in :func:`nme`.
+
+    Returns:
+        ``{"visible_nme": {group: {"nme", "count"}}, "all_nme": {...}}`` (:func:`nme_by_occlusion`),
+        ``"rise"`` (:func:`occlusion_rise` between the first group and the last; ``None`` when
+        either is empty), with logits ``"visibility_auroc"`` (:func:`auroc` of the logits for the
+        visible flags, ``None`` with one class only), with scales ``"scale_spearman"``
+        (:func:`scale_error_spearman`) and ``"coverage"`` ``{level: share}``
+        (:func:`laplace_interval_coverage` at :data:`COVERAGE_LEVELS`).
+
+    Example:
+        >>> t = torch.as_tensor(get_scheme("cofw29").template).expand(2, -1, -1)
+        >>> visible = torch.ones(2, 29, dtype=torch.bool); visible[1, :12] = False
+        >>> r = occlusion_report(t + 0.01, t, visible, visible.float() - 0.5, scheme="cofw29")
+        >>> sorted(r), r["visibility_auroc"], [g["count"] for g in r["visible_nme"].values()]
+        (['all_nme', 'rise', 'visibility_auroc', 'visible_nme'], 1.0, [1, 0, 1])
+    """
+    occluded = ~torch.as_tensor(visible).bool()
+    edges = _check_edges(edges)
+    report: dict = {
+        which: nme_by_occlusion(pred, target, occluded, edges, visible_only=which == "visible_nme",
+                                zero_bin=False, scheme=scheme)
+        for which in ("visible_nme", "all_nme")
+    }
+    try:
+        report["rise"] = occlusion_rise(pred, target, occluded, low=edges[1], high=(edges[-2], edges[-1]),
+                                        scheme=scheme)
+    except ValueError:  # a group without images: no rise to report
+        report["rise"] = None
+    if visibility_logits is not None:
+        both = bool(occluded.any()) and not bool(occluded.all())
+        report["visibility_auroc"] = auroc(visibility_logits, ~occluded) if both else None
+    if log_scale is not None:
+        report["scale_spearman"] = scale_error_spearman(pred, target, log_scale)
+        report["coverage"] = {f"{q:g}": laplace_interval_coverage(pred, target, log_scale, q)
+                              for q in COVERAGE_LEVELS}
+    return report
 
 
 class LandmarkEvaluator:

@@ -34,16 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import functional as LF
 from .adjacency import build_correlation_adjacency, index_order_adjacency
 from .backbones import SmallCNN, build_backbone
-from .heads import FCHead, LGRLHead
+from .heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
 from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
-from .metrics import LandmarkEvaluator, attribute_subsets
+from .metrics import LandmarkEvaluator, attribute_subsets, occlusion_report
 from .schemes import get_scheme
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "LandmarkCriterion",
     "LandmarkModel",
     "TrainConfig",
+    "batch_loss",
     "build_model",
     "evaluate",
     "load_checkpoint",
@@ -73,12 +76,22 @@ class TrainConfig:
     Data: ``dataset`` is ``"synthetic"`` or a real set (``"wflw"``, ``"300w"``, ``"cofw"``) read
     from ``data_root``; ``scheme`` defaults to the data set's; ``train_size``, ``test_size`` and
     ``occlusion`` (share of occluded training images) apply to synthetic data.
-    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`), ``head``
+    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`; ``"small"``:
+    :class:`~landmark_graph.backbones.SmallCNN` of ``backbone_width`` and ``backbone_depth``), ``head``
     (``"lgrl"`` or ``"fc"``) and its options; ``adjacency`` is ``"correlation"`` (eq. 1-2 on the
     training landmarks), ``"scheme"`` (the scheme's default) or ``"index"`` (index order).
     Loss: ``loss`` (``"l1"``, ``"wing"``, ``"softwing"``) plus ``relative_weight`` times the
     relative location loss (0 disables it). Optimisation: ``optimizer``, ``lr``, ``schedule``
     (``"constant"``, ``"step"``: times ``gamma`` every ``step_epochs``, ``"cosine"``).
+    Occlusion-aware head (``LGRLHead`` options, off by default): ``embedding``
+    (``"map_to_node"`` or ``"attention"``), ``visibility``, ``uncertainty``, ``gate_edges``; their
+    losses, each added to the landmark loss times its weight: ``attention_weight`` (the attention
+    heatmap cross-entropy on the visible landmarks, attention embedding only),
+    ``visibility_weight`` (BCE of the visibility logits on the data's ``visible`` flags),
+    ``uncertainty_weight`` (Laplace NLL). ``consistency_weight`` > 0: every batch also goes
+    through with synthetic occluders pasted on (:func:`~landmark_graph.data.synthetic.paste_occluders`),
+    the landmark loss on both copies plus this weight times Soft Wing between the pasted copy's
+    visible landmarks and the clean copy's (detached) predictions.
     """
 
     dataset: str = "synthetic"
@@ -90,6 +103,7 @@ class TrainConfig:
     occlusion: float = 0.5
     backbone: str = "small"
     backbone_width: int = 32
+    backbone_depth: int = 4
     pretrained: bool = False
     head: str = "lgrl"
     k: int = 3
@@ -99,8 +113,16 @@ class TrainConfig:
     expansion: int = 4
     edge_weights: str = "dynamic"
     head_channels: int = 256
+    embedding: str = "map_to_node"
+    visibility: bool = False
+    uncertainty: bool = False
+    gate_edges: bool = False
     loss: str = "softwing"
     relative_weight: float = 0.0
+    attention_weight: float = 10.0
+    visibility_weight: float = 1.0
+    uncertainty_weight: float = 1.0
+    consistency_weight: float = 0.0
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -127,7 +149,8 @@ class TrainConfig:
             if getattr(self, name) not in registry:
                 raise ValueError(f"{name} must be one of {sorted(registry)}, got {getattr(self, name)!r}")
         for name in ("image_size", "train_size", "test_size", "epochs", "batch_size", "k",
-                     "hidden_features", "expansion", "head_channels", "backbone_width", "eval_every"):
+                     "hidden_features", "expansion", "head_channels", "backbone_width", "eval_every",
+                     "backbone_depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -140,6 +163,29 @@ class TrainConfig:
             )
         if self.dataset != "synthetic" and self.data_root is None:
             raise ValueError(f"data_root is required for dataset {self.dataset!r}")
+        self._check_occlusion_options()
+
+    def _check_occlusion_options(self) -> None:
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        options = {"embedding": self.embedding != "map_to_node", "visibility": self.visibility,
+                   "uncertainty": self.uncertainty, "gate_edges": self.gate_edges}
+        used = [name for name, on in options.items() if on]
+        if used and self.head != "lgrl":
+            raise ValueError(f"{', '.join(used)} are options of head='lgrl', got head={self.head!r}")
+        if self.gate_edges and not self.visibility:
+            raise ValueError("gate_edges needs visibility: the gate is the senders' predicted visibility")
+        for name in ("attention_weight", "visibility_weight", "uncertainty_weight", "consistency_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def details(self) -> bool:
+        """Whether training needs the head's :class:`~landmark_graph.heads.HeadOutput`, not just
+        the landmarks (an occlusion option or consistency training is on)."""
+        return (self.embedding != "map_to_node" or self.visibility or self.uncertainty
+                or self.consistency_weight > 0)
 
     @property
     def scheme_name(self) -> str:
@@ -156,8 +202,9 @@ class TrainConfig:
 
 # Fields that fix the model's architecture: a checkpoint only loads into a model built with
 # the same values.
-MODEL_KEYS = ("scheme_name", "image_size", "backbone", "backbone_width", "head", "k", "hidden_features",
-              "num_blocks", "expansion", "edge_weights", "head_channels")
+MODEL_KEYS = ("scheme_name", "image_size", "backbone", "backbone_width", "backbone_depth", "head", "k",
+              "hidden_features", "num_blocks", "expansion", "edge_weights", "head_channels", "embedding",
+              "visibility", "uncertainty", "gate_edges")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +341,10 @@ class LandmarkModel(nn.Module):
     with :math:`\bar P` the mean training shape ``(N, 2)`` (a buffer) and :math:`S` the image
     side: the head regresses offsets in normalised units.
 
+    With ``return_details=True`` it returns the head's :class:`~landmark_graph.heads.HeadOutput`
+    in image units: landmarks in pixels, ``log_scale`` the log of a Laplace scale in pixels
+    (the head's plus :math:`\ln(S/2)`); an :class:`FCHead` gives ``None`` for the rest.
+
     Shape:
         - Input: ``Tensor[B, 3, S, S]``.
         - Output: ``Tensor[B, N, 2]`` in pixels (x, y).
@@ -314,8 +365,14 @@ class LandmarkModel(nn.Module):
         self.image_size = image_size
         self.register_buffer("mean_shape", torch.as_tensor(mean_shape, dtype=torch.float32).clone())
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.mean_shape + self.head(self.backbone(images)) * (self.image_size / 2)
+    def forward(self, images: Tensor, return_details: bool = False) -> Tensor | HeadOutput:
+        if not return_details:
+            return self.mean_shape + self.head(self.backbone(images)) * (self.image_size / 2)
+        features, half = self.backbone(images), self.image_size / 2
+        out = (self.head(features, return_details=True) if isinstance(self.head, LGRLHead)
+               else HeadOutput(self.head(features), None, None))
+        log_scale = None if out.log_scale is None else out.log_scale + math.log(half)
+        return out._replace(landmarks=self.mean_shape + out.landmarks * half, log_scale=log_scale)
 
 
 def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
@@ -323,6 +380,8 @@ def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
         adjacency.shape[0], config.k, adjacency=adjacency, in_channels=channels,
         hidden_features=config.hidden_features, num_blocks=config.num_blocks, expansion=config.expansion,
         edge_weights=config.edge_weights, hidden_channels=config.head_channels,
+        embedding=config.embedding, visibility=config.visibility, uncertainty=config.uncertainty,
+        gate_edges=config.gate_edges,
     )
 
 
@@ -352,7 +411,7 @@ def build_model(config: TrainConfig, landmarks: Tensor | None = None) -> Landmar
     """
     scheme = get_scheme(config.scheme_name)
     if config.backbone == "small":
-        backbone: nn.Module = SmallCNN(config.backbone_width)
+        backbone: nn.Module = SmallCNN(config.backbone_width, config.backbone_depth)
         channels = backbone.out_channels
     else:
         backbone, channels = build_backbone(config.backbone, config.pretrained)
@@ -387,6 +446,20 @@ class LandmarkCriterion(nn.Module):
         \mathcal L = \ell(s\hat P, sP) + \lambda\, \mathcal L_{\text{rel}}(s\hat P, sP),
         \qquad s = 256 / S
 
+    Given a :class:`~landmark_graph.heads.HeadOutput` (``LandmarkModel(...,
+    return_details=True)``) instead of the landmarks, it adds the occlusion-aware head's terms
+    for the outputs the head has:
+
+    .. math::
+        \mathcal L \mathrel{+}= w_a\, \mathcal L_{\text{heatmap}}(a, u; v)
+        + w_v\, \mathrm{BCE}(\text{logits}, v)
+        + w_u\, \mathcal L_{\text{Laplace}}(s\hat P, sP, \log b + \log s)
+
+    with :math:`v` the ``visible`` flags (the heatmap term counts the visible landmarks only;
+    all when ``visible`` is ``None``), :math:`u` the targets in normalised map coordinates
+    (:func:`~landmark_graph.functional.attention_heatmap_loss`) and :math:`b` the predicted
+    Laplace scale in pixels.
+
     Example:
         >>> import torch
         >>> from landmark_graph import index_order_adjacency
@@ -397,22 +470,53 @@ class LandmarkCriterion(nn.Module):
     """
 
     def __init__(
-        self, loss: str, image_size: int, adjacency: Tensor | None = None, relative_weight: float = 0.0
+        self, loss: str, image_size: int, adjacency: Tensor | None = None, relative_weight: float = 0.0,
+        *, attention_weight: float = 0.0, visibility_weight: float = 0.0, uncertainty_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.absolute = LOSSES[loss]("mean")
         self.scale = REFERENCE_SIZE / image_size
+        self.image_size = image_size
         self.relative_weight = relative_weight
         self.relative = (
             RelativeLocationLoss(adjacency, criterion=LOSSES[loss]("none"))
             if relative_weight > 0 else None
         )
+        self.attention_weight = attention_weight
+        self.visibility_weight = visibility_weight
+        self.uncertainty_weight = uncertainty_weight
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+    def forward(self, pred: Tensor | HeadOutput, target: Tensor, visible: Tensor | None = None) -> Tensor:
+        details = pred if isinstance(pred, HeadOutput) else None
+        if details is not None:
+            pred = details.landmarks
         pred, target = pred * self.scale, target * self.scale
         loss = self.absolute(pred, target)
         if self.relative is not None:
             loss = loss + self.relative_weight * self.relative(pred, target)
+        if details is not None:
+            loss = loss + self._occlusion_terms(details, pred, target, visible)
+        return loss
+
+    def _occlusion_terms(
+        self, out: HeadOutput, pred: Tensor, target: Tensor, visible: Tensor | None
+    ) -> Tensor:
+        """The heatmap, visibility and Laplace terms of the outputs ``out`` has (coordinates scaled)."""
+        loss = pred.new_zeros(())
+        if out.attention_logits is not None and self.attention_weight > 0:
+            # 256-unit targets back to [-1, 1] map coordinates (pixel centres at integers).
+            grid = (target / self.scale + 0.5) / (self.image_size / 2) - 1
+            heatmap = LF.attention_heatmap_loss(out.attention_logits, grid, visible)
+            loss = loss + self.attention_weight * heatmap
+        if out.visibility_logits is not None and self.visibility_weight > 0:
+            if visible is None:
+                raise ValueError("the head predicts visibility, but the batch has no 'visible' flags "
+                                 "to train it")
+            loss = loss + self.visibility_weight * nn.functional.binary_cross_entropy_with_logits(
+                out.visibility_logits, visible.to(out.visibility_logits.dtype))
+        if out.log_scale is not None and self.uncertainty_weight > 0:
+            log_scale = out.log_scale + math.log(self.scale)
+            loss = loss + self.uncertainty_weight * LF.laplace_nll_loss(pred, target, log_scale)
         return loss
 
 
@@ -525,22 +629,42 @@ def evaluate(
     """NME, FR and AUC (:class:`~landmark_graph.metrics.LandmarkEvaluator`) of ``model`` on ``loader``.
 
     Batches are dicts with ``"image"`` and ``"landmarks"``; WFLW ``"attributes"`` are reported
-    per subset (pose, expression, ...). The model's training mode is restored.
+    per subset (pose, expression, ...). When the batches carry ``"visible"`` flags (synthetic
+    faces, COFW), the result also holds ``"occlusion"``:
+    :func:`~landmark_graph.metrics.occlusion_report` of the whole set (visible-only NME per
+    occluded-share group, the rise, and for a :class:`LandmarkModel` whose head has them the
+    visibility AUROC and the calibration of the Laplace scales). The model's training mode is
+    restored.
 
     Returns:
-        ``LandmarkEvaluator.compute()``: ``{"nme", "fr", "auc", "count", "subsets", ...}``.
+        ``LandmarkEvaluator.compute()``: ``{"nme", "fr", "auc", "count", "subsets", ...}``, plus
+        ``"occlusion"`` with visibility flags.
     """
     evaluator = LandmarkEvaluator(scheme)
     was_training = model.training
     model.eval()
+    details = isinstance(model, LandmarkModel)
+    kept: dict[str, list[Tensor]] = {}
     for batch in loader:
         batch = _to(batch, torch.device(device))
-        pred = model(batch["image"])
+        out = model(batch["image"], return_details=True) if details else model(batch["image"])
+        pred = out.landmarks if details else out
         flags = batch.get("attributes")
         evaluator.update(pred.float().cpu(), batch["landmarks"].float().cpu(),
                          subsets=None if flags is None else attribute_subsets(flags.cpu()))
+        if "visible" in batch:
+            parts = {"pred": pred, "target": batch["landmarks"], "visible": batch["visible"]}
+            if details:
+                parts.update(visibility_logits=out.visibility_logits, log_scale=out.log_scale)
+            for name, value in parts.items():
+                if value is not None:
+                    kept.setdefault(name, []).append(value.float().cpu() if value.is_floating_point()
+                                                     else value.cpu())
     model.train(was_training)
-    return evaluator.compute()
+    result = evaluator.compute()
+    if kept:
+        result["occlusion"] = occlusion_report(**{k: torch.cat(v) for k, v in kept.items()}, scheme=scheme)
+    return result
 
 
 def _distributed_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
@@ -592,6 +716,9 @@ def train(
         built_train, built_tests = DATASETS[config.dataset].build(config)
         train_set, test_sets = train_set or built_train, test_sets or built_tests
     scheme = get_scheme(config.scheme_name)
+    if config.visibility and "visible" not in train_set[0]:
+        raise ValueError(f"visibility=True trains on per-landmark 'visible' flags, and the {config.dataset} "
+                         "training set has none (synthetic faces and COFW have them): turn visibility off")
     state = None
     if config.resume:
         state = load_checkpoint(config.resume)
@@ -601,7 +728,9 @@ def train(
         model.load_state_dict(state["model"])
     criterion = LandmarkCriterion(config.loss, config.image_size, model.head.adjacency
                                   if hasattr(model.head, "adjacency") else scheme.adjacency(config.k),
-                                  config.relative_weight).to(device)
+                                  config.relative_weight, attention_weight=config.attention_weight,
+                                  visibility_weight=config.visibility_weight,
+                                  uncertainty_weight=config.uncertainty_weight).to(device)
     model.to(device)
     net: nn.Module = model
     if world > 1:
@@ -630,6 +759,9 @@ def train(
     out = Path(config.out_dir) if config.out_dir else None
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    # The occluders of consistency training: their own stream, so the data's stay as they are.
+    occluders = (np.random.default_rng([config.seed, 1 + start_epoch])
+                 if config.consistency_weight > 0 else None)
     started, metrics, checkpoint = time.perf_counter(), {}, None
     bar = _progress(total - start_epoch * per_epoch, f"train {config.head}", config.progress and rank == 0)
     for epoch in range(start_epoch, config.epochs):
@@ -644,8 +776,10 @@ def train(
             except StopIteration:  # steps_per_epoch longer than one pass: start another
                 batches = iter(loader)
                 continue
+            if occluders is not None:
+                batch = _with_pasted_occluders(batch, occluders)
             batch = _to(batch, device)
-            loss = criterion(net(batch["image"]), batch["landmarks"])
+            loss = batch_loss(net, criterion, batch, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -677,6 +811,45 @@ def train(
         dist.destroy_process_group()
     return {"model": model, "config": config, "metrics": metrics, "history": history,
             "checkpoint": checkpoint, "seconds": time.perf_counter() - started}
+
+
+def _with_pasted_occluders(batch: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """The batch plus ``"pasted"`` images (occluders drawn over) and their ``"pasted_visible"`` flags."""
+    from .data.synthetic import paste_occluders
+
+    pasted, covered = paste_occluders(batch["image"], batch["landmarks"], rng)
+    visible = batch.get("visible")
+    return {**batch, "pasted": pasted, "pasted_visible": ~covered if visible is None else visible & ~covered}
+
+
+def batch_loss(net: nn.Module, criterion: LandmarkCriterion, batch: Mapping[str, Tensor],
+               config: TrainConfig) -> Tensor:
+    r"""The training loss of one batch (on the device) as :func:`train` computes it.
+
+    The paper's setting is ``criterion(net(images), landmarks)``. With an occlusion option the
+    criterion gets the model's :class:`~landmark_graph.heads.HeadOutput` and the ``"visible"``
+    flags. With ``"pasted"`` images in the batch (consistency training), clean and pasted
+    images go through together, the criterion counts both, and
+
+    .. math::
+        \mathcal L \mathrel{+}= w_c\, \mathrm{SoftWing}\big(s\hat P^{\text{pasted}},\
+        \operatorname{sg}(s\hat P^{\text{clean}});\ v^{\text{pasted}}\big)
+
+    pulls the landmarks the occluders left visible to where the clean image puts them
+    (:math:`\operatorname{sg}`: no gradient through the clean copy).
+    """
+    images, target = batch["image"], batch["landmarks"]
+    if not config.details:
+        return criterion(net(images), target)
+    visible = batch.get("visible")
+    if "pasted" not in batch:
+        return criterion(net(images, return_details=True), target, visible)
+    pasted_visible = batch["pasted_visible"]
+    clean_visible = torch.ones_like(pasted_visible) if visible is None else visible
+    out = net(torch.cat([images, batch["pasted"]]), return_details=True)
+    loss = criterion(out, torch.cat([target, target]), torch.cat([clean_visible, pasted_visible]))
+    clean, pasted = (out.landmarks * criterion.scale).chunk(2)
+    return loss + config.consistency_weight * LF.soft_wing_loss(pasted, clean.detach(), pasted_visible)
 
 
 def _save(out: Path, model, optimizer, scheduler, config, epoch, history, best, is_best) -> str:

@@ -47,3 +47,11 @@ def test_timm_head(monkeypatch, capsys):
     _needs("timm")
     out = _run("timm_head.py", "--steps", "2", "--image-size", "64", monkeypatch=monkeypatch, capsys=capsys)
     assert "step 2: loss" in out and "training-batch NME" in out
+
+
+def test_occlusion_head_maps(tmp_path, monkeypatch, capsys):
+    out = _run("occlusion_head_maps.py", "--steps", "2", "--train-size", "40", "--out",
+               str(tmp_path / "maps.png"), monkeypatch=monkeypatch, capsys=capsys)
+    assert "paper head: occluded test NME" in out and "occlusion-aware head: this face's NME" in out
+    if usable("matplotlib"):
+        assert (tmp_path / "maps.png").stat().st_size > 0

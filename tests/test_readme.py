@@ -24,3 +24,11 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["pred"].shape == (8, 98, 2)
     assert namespace["loss"].ndim == 0
+
+
+def test_readme_occlusion_example_runs():
+    code = _blocks("python")[1]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["visible"].shape == (2, 98) and namespace["scale"].shape == (2, 98, 2)
+    assert bool((namespace["scale"] > 0).all())

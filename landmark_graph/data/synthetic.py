@@ -40,6 +40,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticFaces",
     "draw_face",
+    "paste_occluders",
     "sample_appearance",
     "sample_geometry",
     "sample_occluders",
@@ -661,6 +662,60 @@ def _occluded(alpha: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     size = alpha.shape[0]
     ij = np.clip(np.rint(landmarks).astype(int), 0, size - 1)
     return alpha[ij[:, 1], ij[:, 0]] >= 0.5
+
+
+#: The occluders :func:`paste_occluders` draws by default: always 1-3, 15-55 % of the face.
+PASTE_CONFIG = SyntheticConfig(occlusion=1.0, max_occluders=3, occluder_size=(0.15, 0.55))
+
+
+def paste_occluders(
+    images: Tensor, landmarks: Tensor, rng: np.random.Generator, config: SyntheticConfig = PASTE_CONFIG
+) -> tuple[Tensor, Tensor]:
+    """The generator's occluders drawn over existing images: an occlusion augmentation.
+
+    Per image, :func:`sample_occluders` places occluders near random landmarks (the face size
+    taken as the landmarks' extent) and paints them over the pixels, textured like
+    :func:`draw_face`'s; a landmark is covered when an occluder covers at least half its pixel.
+    Works on any face crop (synthetic or real) with pixels in ``[0, 1]``.
+
+    Args:
+        images: ``Tensor[B, C, S, S]`` in ``[0, 1]``, ``C`` 1 or 3.
+        landmarks: ``Tensor[B, N, 2]`` in pixels (x, y).
+        rng: the random stream of the occluders.
+        config: their ranges (``occlusion`` the probability that an image gets any).
+
+    Returns:
+        ``(pasted, covered)``: a new ``Tensor[B, C, S, S]`` and ``BoolTensor[B, N]``.
+
+    Example:
+        >>> s = synthesize_face("cofw29", seed=0, index=0, image_size=32, config=SyntheticConfig(occlusion=0))
+        >>> rng = np.random.default_rng(0)
+        >>> pasted, covered = paste_occluders(s["image"][None], s["landmarks"][None], rng)
+        >>> pasted.shape, covered.shape, bool(covered.any()), bool((pasted != s["image"]).any())
+        (torch.Size([1, 3, 32, 32]), torch.Size([1, 29]), True, True)
+    """
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2] or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (B, C, S, S) with C 1 or 3, got shape {tuple(images.shape)}")
+    if landmarks.shape[:1] != images.shape[:1] or landmarks.ndim != 3 or landmarks.shape[-1] != 2:
+        raise ValueError(f"landmarks must be (B, N, 2) with B={images.shape[0]}, "
+                         f"got {tuple(landmarks.shape)}")
+    size = images.shape[-1]
+    pasted = images.detach().to("cpu", torch.float32).numpy().copy()
+    points = landmarks.detach().to("cpu", torch.float32).numpy()
+    covered = np.zeros(points.shape[:2], bool)
+    for b, (image, pts) in enumerate(zip(pasted, points, strict=True)):
+        extent = float((pts.max(0) - pts.min(0)).max())
+        occluders = sample_occluders(FaceGeometry(pts, pts, {}, extent), rng, config)
+        if not occluders:
+            continue
+        covers = _fill_polygons([o.polygon for o in occluders], np.zeros((len(occluders), 2)), (size, size))
+        noise = _smooth_noise(np.random.default_rng(rng.integers(2**32)), size, 12)[0]
+        for occ, cover in zip(occluders, covers, strict=True):
+            color = occ.color.astype(np.float32)[: image.shape[0], None, None] * (1 + occ.texture * noise)
+            image += cover * (color - image)
+        np.clip(image, 0.0, 1.0, out=image)
+        covered[b] = _occluded(covers.max(0), pts)
+    return torch.from_numpy(pasted).to(images), torch.from_numpy(covered).to(landmarks.device)
 
 
 def synthesize_face(
