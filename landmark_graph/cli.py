@@ -56,6 +56,7 @@ _HELP = {
     "train_size": "synthetic training images",
     "test_size": "synthetic images per test set (clean, occluded)",
     "occlusion": "share of occluded synthetic training images",
+    "one_based": "300w .pts and cofw coordinates count pixels from 1 (MATLAB): subtract 1 (others: ignored)",
     "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
     "relative_weight": "lambda of the relative location loss (0: off; the paper uses 1)",
     "steps_per_epoch": "optimisation steps per epoch (default: one pass over the training set)",

@@ -72,7 +72,9 @@ class TrainConfig:
 
     Data: ``dataset`` is ``"synthetic"`` or a real set (``"wflw"``, ``"300w"``, ``"cofw"``) read
     from ``data_root``; ``scheme`` defaults to the data set's; ``train_size``, ``test_size`` and
-    ``occlusion`` (share of occluded training images) apply to synthetic data.
+    ``occlusion`` (share of occluded training images) apply to synthetic data; ``one_based``
+    subtracts 1 from 300W ``.pts`` and COFW coordinates (MATLAB's pixels counted from 1; WFLW
+    and synthetic data are 0-based and ignore it).
     Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`), ``head``
     (``"lgrl"`` or ``"fc"``) and its options; ``adjacency`` is ``"correlation"`` (eq. 1-2 on the
     training landmarks), ``"scheme"`` (the scheme's default) or ``"index"`` (index order).
@@ -88,6 +90,7 @@ class TrainConfig:
     train_size: int = 2000
     test_size: int = 200
     occlusion: float = 0.5
+    one_based: bool = False
     backbone: str = "small"
     backbone_width: int = 32
     pretrained: bool = False
@@ -192,30 +195,33 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
-def _wflw_records(root: Path, split: str) -> list:
+def _wflw_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_wflw
 
     images = root / "WFLW_images"
     return read_wflw(_one(root, f"list_98pt_rect_attr_{split}.txt"), images if images.is_dir() else None)
 
 
-def _300w_records(root: Path, split: str) -> list:
+def _300w_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_300w
 
     folder = root / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"300W needs the folder {str(folder)!r} with .pts files and their images")
-    return read_300w(folder)
+        raise FileNotFoundError(f"300W needs the folder {str(folder)!r} with .pts (or .ljson) files and "
+                                "their images")
+    return read_300w(folder, one_based=config.one_based)
 
 
-def _cofw_records(root: Path, split: str) -> list:
+def _cofw_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_cofw
 
-    return read_cofw(_one(root, f"COFW_{split}*.mat"), split)
+    return read_cofw(_one(root, f"COFW_{split}*.mat"), split, one_based=config.one_based)
 
 
-def _real(read: Callable[[Path, str], list]) -> Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]:
-    """Builder for a data set on disk: ``read(root, split)`` gives the records of a split."""
+def _real(
+    read: Callable[[Path, str, TrainConfig], list],
+) -> Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]:
+    """Builder for a data set on disk: ``read(root, split, config)`` gives the records of a split."""
 
     def build(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
         from .data import LandmarkDataset
@@ -224,7 +230,7 @@ def _real(read: Callable[[Path, str], list]) -> Callable[[TrainConfig], tuple[Da
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {str(root)!r} is not a folder")
         make = lambda split, train: LandmarkDataset(  # noqa: E731
-            read(root, split), config.scheme_name, config.image_size, train, seed=config.seed)
+            read(root, split, config), config.scheme_name, config.image_size, train, seed=config.seed)
         return make("train", True), {"test": make("test", False)}
 
     return build

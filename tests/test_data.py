@@ -147,7 +147,7 @@ def test_read_300w_errors(tmp_path):
     with pytest.raises(AnnotationError, match="expected 29 points, got 68"):
         read_300w(pts, num_points=29)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no \.pts files"):
+    with pytest.raises(FileNotFoundError, match=r"no \.pts or \.ljson files"):
         read_300w(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_300w(tmp_path / "missing")
@@ -367,7 +367,8 @@ def test_dataset_permutes_occlusion_flags_on_flip():
 
 def test_dataset_rejects_records_of_another_scheme():
     record = FaceRecord(np.zeros((68, 2)), image=np.zeros((5, 5), np.uint8), source="x.pts")
-    with pytest.raises(ValueError, match=r"x\.pts: landmarks must have shape \(98, 2\)"):
+    expected = r"records\[0\] \(x\.pts\): landmarks must have shape \(98, 2\)"
+    with pytest.raises(AnnotationError, match=expected):
         LandmarkDataset([record], "wflw98")
 
 
