@@ -347,11 +347,12 @@ def read_ljson(path: str | os.PathLike, group: str | None = None) -> np.ndarray:
             ``null`` (menpo's missing point), not a number or not 2-D.
 
     Example:
-        >>> import json, tempfile
+        >>> import json, os, tempfile
         >>> with tempfile.NamedTemporaryFile("w", suffix=".ljson", delete=False) as f:
         ...     json.dump({"version": 2, "labels": [], "landmarks": {"points": [[20, 10], [40, 30]]}}, f)
         >>> read_ljson(f.name).tolist()
         [[10.0, 20.0], [30.0, 40.0]]
+        >>> os.remove(f.name)
     """
     path = Path(path)
     try:
