@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -176,6 +177,18 @@ def test_read_300w_prefers_the_common_formats(tmp_path):
     for suffix in (".tif", ".png", ".webp"):
         _write_image(tmp_path / f"face{suffix}")
     assert read_300w(tmp_path)[0].image_path.name == "face.png"
+
+
+def test_read_300w_without_pillow_looks_for_the_listed_formats(tmp_path, monkeypatch):
+    pts = _face("300w68", np.random.default_rng(19))
+    for stem, suffix in (("a", ".ppm"), ("b", ".tga")):
+        _write_pts(tmp_path / f"{stem}.pts", pts)
+        _write_image(tmp_path / f"{stem}{suffix}")
+    assert [r.image_path.name for r in read_300w(tmp_path)] == ["a.ppm", "b.tga"]  # TGA: from Pillow
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now fails
+    assert read_300w(tmp_path / "a.pts")[0].image_path.name == "a.ppm"
+    with pytest.raises(AnnotationError, match=r"b\.pts: no image beside it"):
+        read_300w(tmp_path / "b.pts")
 
 
 def test_load_image_scales_16_bit_and_float_images(tmp_path):

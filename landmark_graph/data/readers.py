@@ -13,7 +13,6 @@ former where the half-pixel matters.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -393,10 +392,10 @@ def read_ljson(path: str | os.PathLike, group: str | None = None) -> np.ndarray:
 _LANDMARK_SUFFIXES = (".pts", ".ljson")
 
 
-@functools.cache
 def _image_extensions() -> tuple[str, ...]:
     """:data:`IMAGE_EXTENSIONS`, then every other suffix Pillow opens (stubs that need an
-    external decoder left out); the former alone without Pillow."""
+    external decoder left out); the former alone without Pillow. Asked anew on each read, so
+    that plugins registered since (e.g. a HEIF opener) count."""
     try:
         from PIL import Image, ImageFile
     except ImportError:
@@ -410,9 +409,9 @@ def _image_extensions() -> tuple[str, ...]:
     return IMAGE_EXTENSIONS + tuple(sorted(set(opens) - set(IMAGE_EXTENSIONS)))
 
 
-def _images_by_stem(folder: Path) -> dict[str, dict[str, Path]]:
+def _images_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, dict[str, Path]]:
     """The image files of a folder: stem -> {lower-case suffix: path}, one listing per folder."""
-    known = set(_image_extensions())
+    known = set(extensions)
     found: dict[str, dict[str, Path]] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -422,9 +421,9 @@ def _images_by_stem(folder: Path) -> dict[str, dict[str, Path]]:
     return found
 
 
-def _image_beside(annotation: Path, listing: dict[str, dict[str, Path]]) -> Path:
+def _image_beside(annotation: Path, listing: dict[str, dict[str, Path]], extensions: tuple[str, ...]) -> Path:
     candidates = listing.get(annotation.stem, {})
-    for suffix in _image_extensions():
+    for suffix in extensions:
         if suffix in candidates:
             return candidates[suffix]
     common = ",".join(IMAGE_EXTENSIONS)
@@ -468,6 +467,7 @@ def read_300w(
         files = [Path(p) for p in source]
     seen: dict[Path, Path] = {}
     listings: dict[Path, dict[str, dict[str, Path]]] = {}
+    extensions = _image_extensions()
     records = []
     for file in files:
         twin = seen.setdefault(file.with_suffix(""), file)
@@ -481,8 +481,8 @@ def read_300w(
         if len(landmarks) != num_points:
             raise AnnotationError(file, count_line, f"expected {num_points} points, got {len(landmarks)}")
         if file.parent not in listings:
-            listings[file.parent] = _images_by_stem(file.parent)
-        image = _image_beside(file, listings[file.parent])
+            listings[file.parent] = _images_by_stem(file.parent, extensions)
+        image = _image_beside(file, listings[file.parent], extensions)
         size = _image_size(image)
         bad = _point_problem(landmarks, size)
         if bad is not None:
