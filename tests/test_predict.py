@@ -364,3 +364,35 @@ def test_predict_box_file_without_an_image(checkpoint, photos, tmp_path, capsys)
     assert cli.main(["predict", checkpoint, str(photos), "--boxes", str(tmp_path / "b.txt")]) == 2
     line = _error_line(capsys)
     assert "b.txt has no entry for image" in line and "b.jpg" in line
+
+
+def test_calibrate_detector_example_recovers_a_known_map(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from landmark_graph.schemes import get_scheme
+
+    plt = pytest.importorskip("matplotlib.pyplot")
+    template = get_scheme("300w68").template
+    for i, (scale, centre) in enumerate([(20.0, (60, 50)), (30.0, (50, 70)), (25.0, (70, 60))]):
+        points = template * scale + centre
+        body = "".join(f"{x} {y}\n" for x, y in points)
+        (tmp_path / f"face{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{body}}}\n")
+        plt.imsave(tmp_path / f"face{i}.png", np.full((120, 130, 3), i * 40, np.uint8))
+    truth = {i * 40: np.concatenate([(template * s + c).min(0), (template * s + c).max(0)])
+             for i, (s, c) in enumerate([(20.0, (60, 50)), (30.0, (50, 70)), (25.0, (70, 60))])}
+    hidden = BoxMap(scale=1.2, shift=(0.0, -0.1))
+
+    @register_detector("test-framing")
+    def framing(image):  # knows the face by the image's grey level, frames it its own way
+        return hidden(truth[int(image[0, 0, 0])]), np.ones(1)
+
+    monkeypatch.setattr(sys, "argv", ["calibrate_detector.py", str(tmp_path), "--detector", "test-framing"])
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "calibrate_detector.py"),
+                       run_name="__main__")
+    finally:
+        del DETECTORS["test-framing"]
+    out = capsys.readouterr().out
+    assert "fitted on 3 faces: BoxMap(scale=0.833, shift=(0.000, 0.083))" in out  # hidden's inverse
+    assert out.count("1.000") == 3  # the mapped boxes are the landmark boxes
