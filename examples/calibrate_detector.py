@@ -10,6 +10,8 @@ faces, leave-one-out) with the landmark box, and the map to use:
     python examples/calibrate_detector.py PHOTOS --detector haar
 
 Then ``register_detector(name, box_map=...)`` or ``LandmarkPredictor(..., box_map=...)``.
+With ``--checkpoint CKPT`` (a model of the photos' scheme) it also prints each face's NME with
+the model cropped around the landmark box, the detector's box and the mapped box.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
+from landmark_graph import nme
 from landmark_graph.data import load_image, read_300w
 from landmark_graph.detectors import BoxMap, get_detector
+from landmark_graph.inference import LandmarkPredictor
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("folder", help="photos with a .pts file beside each (searched recursively)")
     parser.add_argument("--detector", default="haar")
     parser.add_argument("--points", type=int, default=68, help="points per .pts file")
+    parser.add_argument("--checkpoint", help="also the model's NME with each box")
     args = parser.parse_args()
 
     detector = get_detector(args.detector)
@@ -47,15 +53,23 @@ def main() -> None:
         if not holding:
             print(f"{record.image_path.name}: missed ({len(boxes)} other detections)")
             continue
-        pairs.append((record.image_path.name, max(holding, key=lambda b: iou(b, truth)), truth))
+        pairs.append((record, max(holding, key=lambda b: iou(b, truth)), truth))
     if len(pairs) < 2:
         raise SystemExit(f"{len(pairs)} annotated faces detected: need 2 or more to fit and check a map")
     detected, truths = np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs])
-    print(f"{'face':<24}{'IoU detector':>14}{'IoU mapped (leave-one-out)':>30}")
-    for i, (name, box, truth) in enumerate(pairs):
+    predictor = LandmarkPredictor.from_checkpoint(args.checkpoint) if args.checkpoint else None
+    print(f"{'face':<24}{'IoU detector':>14}{'IoU mapped (leave-one-out)':>30}"
+          + ("   NME with landmark / detector / mapped box" if predictor else ""))
+    for i, (record, box, truth) in enumerate(pairs):
         others = np.arange(len(pairs)) != i
         mapped = BoxMap.fit(detected[others], truths[others])(box)[0]
-        print(f"{name:<24}{iou(box, truth):>14.3f}{iou(mapped, truth):>30.3f}")
+        line = f"{record.image_path.name:<24}{iou(box, truth):>14.3f}{iou(mapped, truth):>30.3f}"
+        if predictor:
+            faces = predictor.predict(load_image(record.image_path), np.stack([truth, box, mapped]))
+            errors = nme(torch.tensor(np.stack([f.landmarks for f in faces])),
+                         torch.tensor(record.landmarks).expand(3, -1, -1), scheme=predictor.scheme)
+            line += "   " + " / ".join(f"{e:.3f}" for e in errors.tolist())
+        print(line)
     fitted = BoxMap.fit(detected, truths)
     print(f"fitted on {len(pairs)} faces: BoxMap(scale={fitted.scale:.3f}, "
           f"shift=({fitted.shift[0]:.3f}, {fitted.shift[1]:.3f}))")

@@ -19,6 +19,7 @@ downloaded.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,10 +160,14 @@ def register_detector(name: str, *, box_map: BoxMap = BoxMap()) -> Callable[[Det
 
 
 def get_detector(name: str) -> Detector:
-    """The detector registered as ``name``; a ``ValueError`` lists the known ones otherwise."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {sorted(DETECTORS)}")
-    return DETECTORS[name]
+    """The detector registered as ``name``; ``"package.module:name"`` imports ``package.module``
+    first (where it registers ``name``). A ``ValueError`` lists the known ones otherwise."""
+    module, _, short = name.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    if short not in DETECTORS:
+        raise ValueError(f"unknown detector {short!r}; registered: {sorted(DETECTORS)}")
+    return DETECTORS[short]
 
 
 @functools.cache

@@ -316,8 +316,9 @@ def read_boxes(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     - ``.json``: ``{"image": [[x_min, y_min, x_max, y_max], ...], ...}``; ``[]`` for no face.
     - any other suffix: one face per line, ``image x_min y_min x_max y_max`` (the image name may
-      hold spaces: the last four fields are the box); blank lines and ``#`` comments are skipped;
-      an image with several faces has several lines.
+      hold spaces: the last four fields are the box); a line holding only the image name lists
+      an image without faces; blank lines and ``#`` comments are skipped; an image with several
+      faces has several lines.
 
     ``image`` is a path as given to :func:`list_images` or a file name. Boxes are in pixels.
 
@@ -349,6 +350,9 @@ def read_boxes(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if not text:
                     continue
                 fields = text.rsplit(maxsplit=4)
+                if len(fields) == 1:  # an image without faces
+                    table.setdefault(fields[0], [])
+                    continue
                 if len(fields) != 5:
                     problem = f"expected an image name and {_BOX_FORMAT}, got {text!r}"
                     raise AnnotationError(path, line_no, problem)

@@ -68,9 +68,11 @@ def test_read_boxes_json_and_text(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"a.jpg": [[1, 2, 11, 22], [30, 30, 40, 45.5]], "b.png": []}))
     table = read_boxes(tmp_path / "b.json")
     assert table["a.jpg"].tolist() == [[1, 2, 11, 22], [30, 30, 40, 45.5]] and table["b.png"].shape == (0, 4)
-    text = "# image x0 y0 x1 y1\nmy photo.jpg 1 2 11 22\n\nmy photo.jpg 30 30 40 45.5 # 2nd\n"
+    text = "# image x0 y0 x1 y1\nmy photo.jpg 1 2 11 22\n\nmy photo.jpg 30 30 40 45.5 # 2nd\nb.png\n"
     (tmp_path / "b.txt").write_text(text)
-    assert read_boxes(tmp_path / "b.txt")["my photo.jpg"].tolist() == table["a.jpg"].tolist()
+    table = read_boxes(tmp_path / "b.txt")
+    assert table["my photo.jpg"].tolist() == [[1, 2, 11, 22], [30, 30, 40, 45.5]]
+    assert table["b.png"].shape == (0, 4)
 
 
 @pytest.mark.parametrize("name, text, expected", [
@@ -212,6 +214,9 @@ def test_detector_registry(fake_detector):
         register_detector(fake_detector)(lambda image: (np.zeros((0, 4)), np.zeros(0)))
     with pytest.raises(ValueError, match=r"unknown detector 'nope'; registered: \[.*'test-fake'"):
         get_detector("nope")
+    assert get_detector("landmark_graph.detectors:test-fake") is detector  # module:name imports first
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        get_detector("no_such_module:fake")
     with pytest.raises(ValueError, match="takes an ndarray"):
         detector(np.zeros((50, 60), np.uint8))
 
