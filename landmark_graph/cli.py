@@ -188,6 +188,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a face box in the one image given (repeat for several faces)")
     boxes.add_argument("--detector", help="find the faces with this detector (built in: haar, "
                                           "pip install 'landmark-graph[detect]')")
+    parser.add_argument("--min-score", type=float, help="drop detections scoring lower")
     parser.add_argument("--output", help="write the landmarks as JSON here (default: print them)")
     parser.add_argument("--draw", metavar="DIR", help="save each image with its faces drawn in DIR")
     parser.add_argument("--truth", metavar="PATH",
@@ -228,8 +229,10 @@ def _run_predict(args: argparse.Namespace) -> int:
              boxes_for(images, read_boxes(args.boxes), args.boxes) if args.boxes else [None] * len(images))
     truth = _truth_for(images, args.truth)
     device = _device(args.device)
+    if args.min_score is not None and not args.detector:
+        raise UsageError("--min-score filters a --detector's faces; give one")
     predictor = LandmarkPredictor.from_checkpoint(args.checkpoint, device, detector=args.detector,
-                                                  batch_size=args.batch_size)
+                                                  min_score=args.min_score, batch_size=args.batch_size)
     if args.draw:
         Path(args.draw).mkdir(parents=True, exist_ok=True)
     sizes: list[tuple[int, int]] = []

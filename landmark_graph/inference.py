@@ -150,6 +150,7 @@ class LandmarkPredictor:
             identity (a model trained on 300W); :func:`synthetic_box_map` for synthetic faces.
         detector: a registered detector's name or a :class:`~landmark_graph.detectors.Detector`,
             used for images given without boxes; without one such an image is its own crop.
+        min_score: drop detections scoring lower.
         batch_size: crops per forward pass.
         device: where the model runs.
 
@@ -173,6 +174,7 @@ class LandmarkPredictor:
         margin: float = 1.25,
         box_map: BoxMap | None = None,
         detector: str | Detector | None = None,
+        min_score: float | None = None,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -187,6 +189,7 @@ class LandmarkPredictor:
         self.margin = float(margin)
         self.box_map = box_map or BoxMap()
         self.detector = get_detector(detector) if isinstance(detector, str) else detector
+        self.min_score = min_score
         self.batch_size = batch_size
         parameter = next(model.parameters(), None)
         floating = parameter is not None and parameter.is_floating_point()
@@ -212,6 +215,8 @@ class LandmarkPredictor:
             return [Face(np.zeros((0, 2)))], image_box(height, width)[None], 1.0
         if boxes is None:
             found, scores = self.detector(image)
+            if self.min_score is not None:
+                found, scores = found[scores >= self.min_score], scores[scores >= self.min_score]
             faces = [Face(np.zeros((0, 2)), box, float(s)) for box, s in zip(found, scores, strict=True)]
             return faces, self.box_map(self.detector.box_map(found)), self.margin
         given = check_boxes("boxes", boxes)

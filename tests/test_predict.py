@@ -346,6 +346,8 @@ def test_predict_one_image_with_box_flags_or_a_detector(checkpoint, photos, fake
     assert cli.main(["predict", checkpoint, image, "--detector", fake_detector]) == 0
     faces = json.loads(capsys.readouterr().out)["images"][0]["faces"]
     assert [f["score"] for f in faces] == [0.9, 0.2]
+    assert cli.main(["predict", checkpoint, image, "--detector", fake_detector, "--min-score", "0.5"]) == 0
+    assert [f["score"] for f in json.loads(capsys.readouterr().out)["images"][0]["faces"]] == [0.9]
     assert cli.main(["predict", checkpoint, image]) == 0  # no boxes: the image is the crop
     assert json.loads(capsys.readouterr().out)["images"][0]["faces"][0]["box"] is None
 
@@ -355,6 +357,7 @@ def test_predict_one_image_with_box_flags_or_a_detector(checkpoint, photos, fake
     (["--boxes", "b.json", "--detector", "haar"], "not allowed with argument"),
     (["--detector", "nope"], "unknown detector 'nope'"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--min-score", "3"], "--min-score filters a --detector's faces"),
     (["--boxes", "missing.json"], "box file 'missing.json' does not exist"),
     (["--truth", "missing"], "--truth 'missing' does not exist"),
 ])
