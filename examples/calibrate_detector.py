@@ -4,14 +4,15 @@ A landmark model is cropped around the extent of the face's landmarks (300W, syn
 a detector frames faces its own way. Given photos with ``.pts`` files beside them (the 300W
 layout), this runs the detector, pairs each annotated face with the detection that holds its
 centre, and fits :class:`~landmark_graph.detectors.BoxMap` (median scale and shift). It prints,
-per face, the overlap (IoU) of the detector's box and of the mapped box (fitted on the *other*
-faces, leave-one-out) with the landmark box, and the map to use:
+per face, the overlap (IoU) with the landmark box of the detector's box as is, through the
+detector's registered map, and through the map fitted on the *other* faces (leave-one-out), then
+the map fitted on all of them:
 
     python examples/calibrate_detector.py PHOTOS --detector haar
 
 Then ``register_detector(name, box_map=...)`` or ``LandmarkPredictor(..., box_map=...)``.
 With ``--checkpoint CKPT`` (a model of the photos' scheme) it also prints each face's NME with
-the model cropped around the landmark box, the detector's box and the mapped box.
+the model cropped around each of these boxes, and with the whole image as the crop.
 """
 
 from __future__ import annotations
@@ -58,17 +59,22 @@ def main() -> None:
         raise SystemExit(f"{len(pairs)} annotated faces detected: need 2 or more to fit and check a map")
     detected, truths = np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs])
     predictor = LandmarkPredictor.from_checkpoint(args.checkpoint) if args.checkpoint else None
-    print(f"{'face':<24}{'IoU detector':>14}{'IoU mapped (leave-one-out)':>30}"
-          + ("   NME with landmark / detector / mapped box" if predictor else ""))
+    # Boxes per face: the landmark box, the detector's as is, through its registered box map,
+    # through the map fitted on the other faces.
+    kinds = ["landmark", "detector", "its box_map", "leave-one-out"]
+    print(f"{'face':<20}" + "".join(f"{'IoU ' + k:>18}" for k in kinds[1:])
+          + ("".join(f"{'NME ' + k:>18}" for k in kinds) + f"{'NME whole image':>18}" if predictor else ""))
     for i, (record, box, truth) in enumerate(pairs):
         others = np.arange(len(pairs)) != i
-        mapped = BoxMap.fit(detected[others], truths[others])(box)[0]
-        line = f"{record.image_path.name:<24}{iou(box, truth):>14.3f}{iou(mapped, truth):>30.3f}"
+        left_out = BoxMap.fit(detected[others], truths[others])
+        boxes = np.stack([truth, box, detector.box_map(box)[0], left_out(box)[0]])
+        line = f"{record.image_path.name:<20}" + "".join(f"{iou(b, truth):>18.3f}" for b in boxes[1:])
         if predictor:
-            faces = predictor.predict(load_image(record.image_path), np.stack([truth, box, mapped]))
+            image = load_image(record.image_path)
+            faces = predictor.predict(image, boxes) + predictor.predict(image, None)
             errors = nme(torch.tensor(np.stack([f.landmarks for f in faces])),
-                         torch.tensor(record.landmarks).expand(3, -1, -1), scheme=predictor.scheme)
-            line += "   " + " / ".join(f"{e:.3f}" for e in errors.tolist())
+                         torch.tensor(record.landmarks).expand(len(faces), -1, -1), scheme=predictor.scheme)
+            line += "".join(f"{e:>18.3f}" for e in errors.tolist())
         print(line)
     fitted = BoxMap.fit(detected, truths)
     print(f"fitted on {len(pairs)} faces: BoxMap(scale={fitted.scale:.3f}, "
