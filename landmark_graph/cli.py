@@ -233,8 +233,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError("--min-score filters a --detector's faces; give one")
     predictor = LandmarkPredictor.from_checkpoint(args.checkpoint, device, detector=args.detector,
                                                   min_score=args.min_score, batch_size=args.batch_size)
-    if args.draw:
-        Path(args.draw).mkdir(parents=True, exist_ok=True)
+    draw = args.draw if args.draw and _pyplot() is not None else None
+    if draw:
+        Path(draw).mkdir(parents=True, exist_ok=True)
     sizes: list[tuple[int, int]] = []
 
     def loaded():
@@ -249,8 +250,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         results.append({"path": str(path), "width": width, "height": height,
                         "faces": [face.to_dict() for face in faces]})
         count += len(faces)
-        if args.draw:  # the image is read again rather than kept for the whole batch
-            save_face_drawing(Path(args.draw) / f"{path.stem}_landmarks.png", load_image(path), faces,
+        if draw:  # the image is read again rather than kept for the whole batch
+            save_face_drawing(Path(draw) / f"{path.stem}_landmarks.png", load_image(path), faces,
                               predictor.scheme, truth[index])
     text = json.dumps({"scheme": predictor.scheme.name, "num_landmarks": predictor.scheme.num_points,
                        "detector": args.detector, "images": results}, indent=1)
@@ -258,7 +259,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text)
     else:
         print(text)
-    print(f"{count} faces in {len(images)} images" + (f"; drawings in {args.draw}" if args.draw else ""),
+    print(f"{count} faces in {len(images)} images" + (f"; drawings in {draw}" if draw else ""),
           file=sys.stderr)
     return 0
 
