@@ -180,56 +180,88 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by train")
-    parser.add_argument("images", nargs="+", help="face images (each is taken as the face crop)")
+    parser.add_argument("images", nargs="+", help="image files or folders (every image Pillow opens in them)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--boxes", metavar="FILE",
+                       help="face boxes per image: JSON {image: [[x0, y0, x1, y1], ...]} or text lines "
+                            "'image x0 y0 x1 y1' (see docs/cli.md)")
+    boxes.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                       help="a face box in the one image given (repeat for several faces)")
+    boxes.add_argument("--detector", help="find the faces with this detector (built in: haar, "
+                                          "pip install 'landmark-graph[detect]')")
+    parser.add_argument("--min-score", type=float, help="drop detections scoring lower")
     parser.add_argument("--output", help="write the landmarks as JSON here (default: print them)")
-    parser.add_argument("--draw", metavar="DIR", help="save each image with its landmarks drawn in DIR")
+    parser.add_argument("--draw", metavar="DIR", help="save each image with its faces drawn in DIR")
+    parser.add_argument("--truth", metavar="PATH",
+                        help="ground truth to draw: a .pts file (one image) or a folder of <image name>.pts")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default: 32)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
 
 
+def _truth_for(images: list[Path], truth: str | None) -> list:
+    from .data import read_pts
+
+    if truth is None:
+        return [None] * len(images)
+    path = Path(truth)
+    if path.is_file():
+        if len(images) != 1:
+            raise UsageError(f"--truth {truth}: one .pts file holds the truth of one image, "
+                             f"got {len(images)} images")
+        return [read_pts(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"--truth {truth!r} does not exist")
+    return [read_pts(path / f"{image.stem}.pts") if (path / f"{image.stem}.pts").is_file() else None
+            for image in images]
+
+
 def _run_predict(args: argparse.Namespace) -> int:
-    """Predict landmarks on image files; print or save them as JSON and draw them."""
-    import numpy as np
-    import torch.nn.functional as F
-
+    """Predict landmarks on photos (face boxes given, detected, or the whole image); JSON and drawings."""
     from .data import load_image
-    from .training import model_from_checkpoint
+    from .drawing import save_face_drawing
+    from .inference import LandmarkPredictor, boxes_for, list_images, read_boxes
 
+    _set_threads(args.threads)
+    images = list_images(args.images)
+    if args.box is not None and len(images) != 1:
+        raise UsageError(f"--box gives the faces of one image, got {len(images)} images; use --boxes FILE")
+    boxes = ([args.box] if args.box else
+             boxes_for(images, read_boxes(args.boxes), args.boxes) if args.boxes else [None] * len(images))
+    truth = _truth_for(images, args.truth)
     device = _device(args.device)
-    model, config = model_from_checkpoint(args.checkpoint, device)
-    results, drawn = {}, []
-    for path in args.images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image {path!r} does not exist")
-        image = load_image(path)
-        height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
-        size = config.image_size
-        resized = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            points = model(resized.to(device))[0].cpu()
-        # Crop pixels (centres at integers) back to image pixels.
-        scale = torch.tensor([width / size, height / size])
-        points = (points + 0.5) * scale - 0.5
-        results[str(path)] = points.tolist()
-        drawn.append((image, points.numpy(), Path(path).stem))
-    text = json.dumps({"scheme": config.scheme_name, "landmarks": results}, indent=1)
+    if args.min_score is not None and not args.detector:
+        raise UsageError("--min-score filters a --detector's faces; give one")
+    predictor = LandmarkPredictor.from_checkpoint(args.checkpoint, device, detector=args.detector,
+                                                  min_score=args.min_score, batch_size=args.batch_size)
+    draw = args.draw if args.draw and _pyplot() is not None else None
+    if draw:
+        Path(draw).mkdir(parents=True, exist_ok=True)
+    sizes: list[tuple[int, int]] = []
+
+    def loaded():
+        for path, image_boxes in zip(images, boxes, strict=True):
+            image = load_image(path)
+            sizes.append(image.shape[:2])
+            yield image, image_boxes
+
+    results, count = [], 0
+    for index, faces in enumerate(predictor.predict_many(loaded())):
+        path, (height, width) = images[index], sizes[index]
+        results.append({"path": str(path), "width": width, "height": height,
+                        "faces": [face.to_dict() for face in faces]})
+        count += len(faces)
+        if draw:  # the image is read again rather than kept for the whole batch
+            save_face_drawing(Path(draw) / f"{path.stem}_landmarks.png", load_image(path), faces,
+                              predictor.scheme, truth[index])
+    text = json.dumps({"scheme": predictor.scheme.name, "num_landmarks": predictor.scheme.num_points,
+                       "detector": args.detector, "images": results}, indent=1)
     if args.output:
         Path(args.output).write_text(text)
     else:
         print(text)
-    if args.draw:
-        plt = _pyplot()
-        if plt is not None:
-            out = Path(args.draw)
-            out.mkdir(parents=True, exist_ok=True)
-            for image, points, stem in drawn:
-                fig, ax = plt.subplots(figsize=(4, 4))
-                ax.imshow(image)
-                ax.scatter(points[:, 0], points[:, 1], s=6, c="lime")
-                ax.axis("off")
-                fig.savefig(out / f"{stem}_landmarks.png", dpi=100, bbox_inches="tight")
-                plt.close(fig)
-            print(f"drawings in {out}", file=sys.stderr)
+    print(f"{count} faces in {len(images)} images" + (f"; drawings in {draw}" if draw else ""),
+          file=sys.stderr)
     return 0
 
 

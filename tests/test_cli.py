@@ -114,7 +114,7 @@ def test_train_resume_evaluate_predict(tmp_path, capsys):
     assert cli.main(["predict", str(out / "last.pt"), str(image_path), "--output", str(output),
                      "--draw", str(tmp_path / "drawn")]) == 0
     result = json.loads(output.read_text())
-    points = np.array(result["landmarks"][str(image_path)])
+    points = np.array(result["images"][0]["faces"][0]["landmarks"])
     assert result["scheme"] == "cofw29" and points.shape == (29, 2)
     assert np.all((points > -32) & (points < 96))  # a 64-pixel image, not the 32-pixel crop
     assert (tmp_path / "drawn" / "face_landmarks.png").is_file()
