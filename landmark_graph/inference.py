@@ -121,7 +121,7 @@ def synthetic_box_map(scheme: LandmarkScheme | str, image_size: int, margin: flo
 
     A synthetic image is its own crop, so its box is the centred square of side ``S / margin``;
     the map is fitted (:meth:`BoxMap.fit`) on the landmarks of ``count`` generated faces (about
-    ``scale=1.3``: the synthetic faces leave more room around the landmarks than a
+    ``scale=1.22``: the synthetic faces leave more room around the landmarks than a
     ``margin``-1.25 crop).
     """
     from .data.synthetic import SyntheticFaces
