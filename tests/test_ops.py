@@ -551,7 +551,7 @@ def test_dispatch_modes_get_correct_numbers(monkeypatch, mode_test):
     from torch.utils.flop_counter import FlopCounterMode
 
     if mode_test == "fallback":
-        monkeypatch.setattr(ops.aggregate, "_dispatch_stack_len", None)
+        monkeypatch.setattr(ops.aggregate, "_dispatch_modes", lambda: 0)
     table = random_table(20, 11)
     x = torch.randn(3, 20, 8, dtype=torch.float64, requires_grad=True)
     w = torch.rand(3, *table.index.shape, dtype=torch.float64, requires_grad=True)

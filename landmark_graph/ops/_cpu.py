@@ -34,13 +34,20 @@ pinned = "auto"  # or one of FORMULATIONS: set by landmark_graph.ops.set_cpu_for
 _SPARSE_FROM = (1 << 21, 1 << 25)
 
 
-def formulation(x: Tensor, backward: bool) -> str:
-    """``"dense"`` or ``"sparse"`` for a call on ``x`` ``(B, N, D)``; off CPU always dense (the
-    bags were measured on CPU only)."""
-    b, n, d = x.shape
-    if not x.is_cpu or not x.numel() or (pinned == "auto" and b * n * n * d < _SPARSE_FROM[backward]):
-        return "dense"
-    return "sparse" if pinned == "auto" else pinned
+def formulation(b: int, n: int, d: int, on_cpu: bool, backward: bool) -> str:
+    """``"dense"`` or ``"sparse"`` for ``x`` ``(B, N, D)``; off CPU always dense (the bags were
+    measured on CPU only)."""
+    if pinned == "auto":
+        return "sparse" if on_cpu and b * n * n * d >= _SPARSE_FROM[backward] else "dense"
+    return pinned if on_cpu and b * n * d else "dense"
+
+
+def _choose(x: Tensor, weight: Tensor) -> str:
+    return formulation(*x.shape, x.is_cpu, _backward(x, weight))
+
+
+def _backward(x: Tensor, weight: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
 class Layout:
@@ -50,6 +57,7 @@ class Layout:
     def __init__(self, index: Tensor, reverse_index: Tensor, reverse_slot: Tensor, forward_slot: Tensor):
         self.tables = (index, reverse_index, reverse_slot, forward_slot)
         self.index = index
+        self.on_cpu = index.is_cpu
         self.n, self.k = index.shape
         self._per_batch: dict[str, tuple[int, tuple[Tensor, ...]]] = {}
         self._bases: dict[torch.dtype, Tensor] = {}
@@ -73,9 +81,11 @@ class Layout:
         return self.index.clamp(min=0)
 
     @cached_property
-    def target(self) -> Tensor:
-        """Each slot's column of the dense matrix; padding slots go to an extra column ``N``."""
-        return torch.where(self.valid, self.index, self.n)
+    def target(self) -> tuple[Tensor, Tensor]:
+        """Each slot's column of the dense matrix, ``(N, K)`` and ``(1, N, K)`` (a view made once,
+        not at every call); padding slots go to an extra column ``N``."""
+        target = torch.where(self.valid, self.index, self.n)
+        return target, target[None]
 
     @cached_property
     def used(self) -> Tensor:
@@ -83,24 +93,27 @@ class Layout:
         return self.valid.reshape(-1).nonzero().squeeze(1)
 
     @cached_property
-    def scores(self) -> tuple[Tensor, Tensor] | None:
-        """``(edges, target)`` for the fused softmax: the graph as a ``BoolTensor[N, N]``, and
-        each slot's column with padding slots on a non-edge of their row (one exists when
-        ``K <= N``); ``None`` where a row lists a sender twice or ``K > N``."""
+    def scores(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(edges, target, target[None])`` for the fused softmax: the graph as a
+        ``BoolTensor[N, N]``, and each slot's column with padding slots on a non-edge of their row
+        (one exists when ``K <= N``); ``None`` where a row lists a sender twice or ``K > N``."""
         n = self.n
-        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target, True)[:, :n]
+        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target[0], True)[:, :n]
         if self.k > n or int(edges.sum()) != int(self.valid.sum()):
             return None
         outside = (~edges).to(torch.uint8).argmax(dim=1, keepdim=True)
-        return edges, torch.where(self.valid, self.index, outside)
+        target = torch.where(self.valid, self.index, outside)
+        return edges, target, target[None]
 
-    def base(self, dtype: torch.dtype) -> Tensor:
-        """``Tensor[N, N]``: 0 on the edges, ``-inf`` elsewhere (requires :attr:`scores`)."""
-        if dtype not in self._bases:
+    def base(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``Tensor[N, N]`` and ``Tensor[1, N, N]``: 0 on the edges, ``-inf`` elsewhere (requires
+        :attr:`scores`)."""
+        base = self._bases.get(dtype)
+        if base is None:
             edges = self.scores[0]  # type: ignore[index]
-            self._bases[dtype] = torch.zeros(edges.shape, dtype=dtype, device=edges.device).masked_fill_(
-                ~edges, float("-inf"))
-        return self._bases[dtype]
+            plane = torch.zeros(edges.shape, dtype=dtype, device=edges.device).masked_fill_(~edges, float("-inf"))
+            base = self._bases[dtype] = (plane, plane[None])
+        return base
 
     def _grown(self, kind: str, b: int, build: Callable[[int], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
         # Built for the largest batch yet (doubling): a smaller batch's tensors are its prefix.
@@ -137,12 +150,12 @@ class Layout:
         return gather, (images.view(-1, 1) + at).reshape(-1)
 
 
-def layout(table: Any, tables: tuple[Tensor, ...]) -> Layout:
+def layout(table: Any) -> Layout:
     """The :class:`Layout` kept on a ``NeighborTable`` while its index buffer is the same tensor
     (a new graph, a load or ``.to()`` replaces it)."""
     lay = table._layout
-    if lay is None or lay.index is not tables[0]:
-        lay = table._layout = Layout(*tables)
+    if lay is None or lay.index is not table._buffers["index"]:
+        lay = table._layout = Layout(*table.tables)
     return lay
 
 
@@ -165,41 +178,42 @@ def _bags(x: Tensor, values: Tensor, lay: Layout) -> Tensor:
 def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
     b, n, _ = x.shape
     columns = n + lay.padded
+    target, target1 = lay.target
     if weight.dim() == 2:
-        a = x.new_zeros(n, columns).scatter_add_(1, lay.target, weight)
+        a = x.new_zeros(n, columns).scatter_add_(1, target, weight)
     else:
-        a = x.new_zeros(b, n, columns).scatter_add_(2, lay.target.expand(b, n, lay.k), weight)
+        index = target1 if b == 1 else target.expand(b, n, lay.k)
+        a = x.new_zeros(b, n, columns).scatter_add_(2, index, weight)
     if lay.padded:
         a = a.narrow(-1, 0, n)
     return torch.matmul(a, x) if weight.dim() == 2 else torch.bmm(a, x)
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def aggregate(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
-    """``y = A x``, differentiable; ``weight`` ``(B, N, K)`` or ``(N, K)`` in ``x``'s dtype."""
-    backward = _needs_grad(x, weight)
-    if formulation(x, backward) == "dense":
+def aggregate(x: Tensor, weight: Tensor, lay: Layout, form: str = "") -> Tensor:
+    """``y = A x``, differentiable; ``weight`` ``(B, N, K)`` or ``(N, K)`` in ``x``'s dtype;
+    ``form``: the :func:`formulation`, when the caller knows it."""
+    if (form or _choose(x, weight)) == "dense":
         return _dense(x, weight, lay)
-    if backward:
+    if _backward(x, weight):
         return _Bags.apply(x, weight, lay)
     return _bags(x, _values(weight, lay, x.shape[0]), lay)
 
 
-def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout) -> Tensor:
+def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") -> Tensor:
     """``aggregate(x, edge_softmax(logits, valid), lay)``, fused where that pays."""
-    backward = _needs_grad(x, logits)
-    form = formulation(x, backward)
-    b, n, _ = x.shape
-    if form == "dense" and lay.scores is not None:
-        target, base = lay.scores[1], lay.base(x.dtype)
+    form = form or _choose(x, logits)
+    scores = lay.scores if form == "dense" else None
+    if scores is not None:
+        base, base1 = lay.base(x.dtype)
         if logits.dim() == 2:
-            return torch.matmul(base.scatter_add(1, target, logits).softmax(-1), x)
-        weights = base.expand(b, n, n).scatter_add(2, target.expand(b, n, lay.k), logits).softmax(-1)
+            return torch.matmul(base.scatter_add(1, scores[1], logits).softmax(-1), x)
+        if x.size(0) == 1:
+            return torch.bmm(base1.scatter_add(2, scores[2], logits).softmax(-1), x)
+        b, n, _ = x.shape
+        weights = base.expand(b, n, n).scatter_add(2, scores[1].expand(b, n, lay.k), logits).softmax(-1)
         return torch.bmm(weights, x)
-    if form == "sparse" and not backward and logits.dim() == 3:
+    b, n, _ = x.shape
+    if form == "sparse" and logits.dim() == 3 and not _backward(x, logits):
         # PyTorch's CPU softmax over a last dimension of 4-8 runs row by row: take it over K in a
         # (B, K, N) copy, which also drops the padding, then pick the CSR values out of it.
         gather, values_at = lay.slot_major(b)
@@ -213,7 +227,7 @@ def edge_dot(a: Tensor, x: Tensor, lay: Layout) -> Tensor:
     """``e[b,i,k] = <a[b,i], x[b, idx[i,k]]>``, 0 on padding slots: ``(B, N, K)``."""
     b, n, d = x.shape
     # sampled_addmm computes only the B·N·K dots, but has no half-precision CPU kernel.
-    if formulation(x, False) == "dense" or x.dtype not in (torch.float32, torch.float64):
+    if formulation(b, n, d, x.is_cpu, False) == "dense" or x.dtype not in (torch.float32, torch.float64):
         out = torch.bmm(a, x.transpose(1, 2)).gather(2, lay.safe.expand(b, n, lay.k))
         return out.masked_fill(~lay.valid, 0) if lay.padded else out
     crow, cols = lay.block(b)

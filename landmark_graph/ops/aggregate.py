@@ -128,18 +128,17 @@ def _kernels_on(x: Tensor) -> Any:
     return _triton[device]
 
 
-# torch has no public test for an active TorchDispatchMode; without this private one, such modes
-# see the PyTorch path's ATen ops instead of the registered op (fake tensors still reach the op).
-_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
-
-
-def _dispatch_mode_active() -> bool:
-    return _dispatch_stack_len is not None and _dispatch_stack_len() > 0
+# How many TorchDispatchModes (FlopCounterMode, FakeTensorMode, ...) are active: torch has no public
+# test. Without this private one such modes see the PyTorch path's ATen ops instead of the op
+# (fake tensors still reach the op, by their type).
+_dispatch_modes: Callable[[], int] = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
 def _autocast_on(x: Tensor) -> bool:
+    if x.is_cpu:
+        return torch.is_autocast_enabled("cpu")
     try:
-        return torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type)
+        return torch.is_autocast_enabled(x.device.type)
     except RuntimeError:  # a device type autocast does not know (meta, ...)
         return False
 
@@ -263,76 +262,81 @@ def _what(value: object) -> str:
     return f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _check(x: object, weight: object, index: object, name: str
-           ) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
-    """``(weight in x's dtype, the index tensor, the op's table arguments)``, raising on bad input;
-    no tables for a raw index under ``torch.compile`` (its reverse table is data-dependent)."""
-    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, Tensor, Any, str]:
+    """Check the inputs, raising on bad ones; return the route with what it takes:
+    ``("eager", weight, Layout, formulation)`` for the PyTorch path called directly,
+    ``("op", weight, tables, "")`` while tracing, under a dispatch mode, for tensor subclasses,
+    meta tensors and the Triton route, and ``("reference", weight, index, "")`` under export (or
+    compile with a raw index, whose reverse table is data-dependent). ``weight`` comes back in
+    ``x``'s dtype. Each tensor attribute is read once: at ``B = 1`` they add up."""
+    x_dtype = x.dtype if isinstance(x, Tensor) else None
+    if x_dtype is None or not x_dtype.is_floating_point:
         raise TypeError(f"x must be a floating point torch.Tensor, got {_what(x)}")
-    if not isinstance(weight, Tensor) or not weight.dtype.is_floating_point:
+    w_dtype = weight.dtype if isinstance(weight, Tensor) else None
+    if w_dtype is None or not w_dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating point torch.Tensor, got {_what(weight)}")
+    compiling = torch.compiler.is_compiling()
     if isinstance(index, NeighborTable):
-        tables: tuple[Tensor, ...] | None = index.tables
+        lay = None if compiling else _cpu.layout(index)  # the layout kept on a table is eager state
+        tables = index.tables if lay is None else lay.tables
         idx = tables[0]
     elif isinstance(index, Tensor) and index.dtype in _INDEX_DTYPES:
-        tables, idx = None, index
+        lay, tables, idx = None, None, index
         if idx.dim() != 2:
             raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx.shape)}")
     else:
         raise TypeError(f"index must be a NeighborTable or an integer tensor (N, K), got {_what(index)}")
-    if x.dim() != 3:
-        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(x.shape)}")
-    b, n, _ = x.shape
-    rows, k = idx.shape
+    shape = x.shape
+    if len(shape) != 3:
+        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(shape)}")
+    b, n, d = shape
+    rows, k = idx.shape if lay is None else (lay.n, lay.k)
     if rows != n:
         raise ValueError(f"index has {rows} rows (N, K) but x has N={n} nodes (B, N, D)")
     w_shape = weight.shape  # lengths first: comparing item by item would guard B != N under export
     if w_shape != ((n, k) if len(w_shape) == 2 else (b, n, k)):
         raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = ({n}, {k}), "
                          f"got {tuple(w_shape)}")
-    if not (x.is_cpu and weight.is_cpu and idx.is_cpu):  # one CPU device: skip building device objects
+    on_cpu = x.is_cpu
+    if not (on_cpu and weight.is_cpu and (idx.is_cpu if lay is None else lay.on_cpu)):  # skip building devices
         for label, t in ((name, weight), ("index", idx)):
             if t.device != x.device:
                 raise ValueError(f"{label} is on {t.device} but x is on {x.device}; move them to one device"
                                  + (" (NeighborTable moves with its module: call .to(device))"
                                     if label == "index" and tables is not None else ""))
-    if weight.dtype != x.dtype:
+    if w_dtype != x_dtype:
         if not _autocast_on(x):
-            raise TypeError(f"{name} has dtype {weight.dtype} but x has {x.dtype}; cast one of them "
+            raise TypeError(f"{name} has dtype {w_dtype} but x has {x_dtype}; cast one of them "
                             "(under torch.autocast the op computes in x's dtype)")
-        weight = weight.to(x.dtype)
+        weight = weight.to(x_dtype)
     if tables is None:
         idx = idx.long()
-        if torch.compiler.is_compiling():
-            return weight, idx, None
+        if compiling:
+            return "reference", weight, idx, ""
         if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
             bad = idx[(idx < -1) | (idx >= n)]
-            raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got {bad[:5].tolist()}")
+            raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got "
+                             f"{bad[:5].tolist()}")
         empty = (idx < 0).all(dim=1) if name == "logits" and k else None
         if empty is not None and bool(empty.any()):
             raise ValueError(f"index row {int(empty.nonzero()[0])} has no neighbour: the softmax over its "
                              "slots is undefined")
-        tables = (idx, *reverse_table(idx, n))
-    return weight, idx, tables
+        lay = _cpu.Layout(idx, *reverse_table(idx, n))
+        tables = lay.tables
+    if compiling:
+        return ("reference", weight, idx, "") if torch.compiler.is_exporting() else ("op", weight, tables, "")
+    if (type(x) is not Tensor or _dispatch_modes()
+            or ((not on_cpu or _backend == "triton") and (x.is_meta or _kernels_on(x) is not None))):
+        return "op", weight, tables, ""
+    backward = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return "eager", weight, lay, _cpu.formulation(b, n, d, on_cpu, backward)
 
 
-def _route(x: Tensor, tables: tuple[Tensor, ...] | None) -> str:
-    """``"reference"`` (export), ``"op"`` (tracing, a dispatch mode, a tensor subclass or meta
-    tensors, Triton) or ``"eager"`` (the PyTorch path, called directly)."""
-    if torch.compiler.is_compiling():
-        return "reference" if tables is None or torch.compiler.is_exporting() else "op"
-    if type(x) is not Tensor or x.is_meta or _dispatch_mode_active() or _kernels_on(x) is not None:
-        return "op"
-    return "eager"
-
-
-def _eager(fn: Callable[..., Tensor], x: Tensor, weight: Tensor, index: object,
-           tables: tuple[Tensor, ...]) -> Tensor:
-    lay = _cpu.layout(index, tables) if isinstance(index, NeighborTable) else _cpu.Layout(*tables)
-    if not _autocast_on(x):
-        return fn(x, weight, lay)
+def _eager(fn: Callable[..., Tensor], x: Tensor, weight: Tensor, lay: _cpu.Layout, form: str) -> Tensor:
+    if not (torch.is_autocast_enabled("cpu") if x.is_cpu else _autocast_on(x)):
+        return fn(x, weight, lay, form)
     with torch.autocast(x.device.type, enabled=False):
-        return fn(x, weight, lay)
+        return fn(x, weight, lay, form)
 
 
 def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -369,13 +373,12 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
         >>> neighbor_aggregate(x, torch.tensor([[0.5, 0.5], [2.0, 7.0]]), idx).tolist()
         [[[5.5], [20.0]]]
     """
-    weight, idx, tables = _check(x, weight, index, "weight")
-    route = _route(x, tables)  # type: ignore[arg-type]
+    route, weight, it, form = _prepare(x, weight, index, "weight")
     if route == "eager":
-        return _eager(_cpu.aggregate, x, weight, index, tables)  # type: ignore[arg-type]
+        return _eager(_cpu.aggregate, x, weight, it, form)
     if route == "op":
-        return _aggregate_op(x, weight, *tables)  # type: ignore[misc]
-    return aggregate_reference(x, weight, idx)
+        return _aggregate_op(x, weight, *it)
+    return aggregate_reference(x, weight, it)
 
 
 def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -413,11 +416,10 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
         >>> neighbor_softmax_aggregate(x, torch.zeros(2, 2), idx).tolist()
         [[[5.5], [10.0]]]
     """
-    logits, idx, tables = _check(x, logits, index, "logits")
-    route = _route(x, tables)  # type: ignore[arg-type]
+    route, logits, it, form = _prepare(x, logits, index, "logits")
     if route == "eager":
-        return _eager(_cpu.softmax_aggregate, x, logits, index, tables)  # type: ignore[arg-type]
-    weight = edge_softmax(logits, index.valid if isinstance(index, NeighborTable) else idx >= 0)
+        return _eager(_cpu.softmax_aggregate, x, logits, it, form)
+    weight = edge_softmax(logits, (it[0] if route == "op" else it) >= 0)
     if route == "op":
-        return _aggregate_op(x, weight, *tables)  # type: ignore[misc]
-    return aggregate_reference(x, weight, idx)
+        return _aggregate_op(x, weight, *it)
+    return aggregate_reference(x, weight, it)
