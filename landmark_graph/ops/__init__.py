@@ -14,18 +14,6 @@ from .aggregate import (
 from .edge_softmax import edge_softmax
 from .neighbor_table import NeighborTable, mask_to_index, reverse_table
 
-__all__ = [
-    "BACKENDS",
-    "CPU_FORMULATIONS",
-    "NeighborTable",
-    "backend",
-    "cpu_formulation",
-    "edge_softmax",
-    "export_decompositions",
-    "mask_to_index",
-    "neighbor_aggregate",
-    "neighbor_softmax_aggregate",
-    "reverse_table",
-    "set_backend",
-    "set_cpu_formulation",
-]
+__all__ = ["BACKENDS", "CPU_FORMULATIONS", "NeighborTable", "backend", "cpu_formulation", "edge_softmax",
+           "export_decompositions", "mask_to_index", "neighbor_aggregate", "neighbor_softmax_aggregate",
+           "reverse_table", "set_backend", "set_cpu_formulation"]

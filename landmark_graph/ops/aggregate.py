@@ -1,23 +1,18 @@
-r"""``neighbor_aggregate`` and ``neighbor_softmax_aggregate``: the one sparse op of the graph layers
-(SPEC §5), :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`.
+r"""``neighbor_aggregate`` (SPEC §5), :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`,
+and ``neighbor_softmax_aggregate``, the same after a softmax over each row's edge logits.
 
-Two routes, chosen by capability:
+Two routes, chosen by capability. **Triton** (CUDA tensors when Triton imports; CPU tensors under
+``TRITON_INTERPRET=1`` with the ``"triton"`` backend) runs the registered operators
+``landmark_graph::aggregate`` and ``landmark_graph::edge_dot`` (its weight gradient), whose
+backward is the two ops again over a precomputed reverse table: twice differentiable, no atomics.
+A kernel that fails to compile or launch warns once and the PyTorch path takes over. **PyTorch**,
+everywhere else, calls the formulations of :mod:`._cpu` directly: a dispatcher round trip costs
+more than the whole op at ``B = 1``. While ``torch.compile`` traces or a dispatch mode
+(``FlopCounterMode``, fake tensors) runs, the registered op runs on either route; while
+``torch.export`` traces, the plain gather-multiply-sum (:func:`aggregate_reference`).
 
-- **Triton**, for CUDA tensors when Triton imports (and CPU tensors under ``TRITON_INTERPRET=1``
-  with the ``"triton"`` backend): the registered operators ``landmark_graph::aggregate`` and
-  ``landmark_graph::edge_dot`` (its weight gradient), whose backward is made of the two ops again
-  over a precomputed reverse table: double backward works, no atomics run. A kernel that fails to
-  compile or launch warns once, and the PyTorch path takes over.
-- **PyTorch**, everywhere else: the dense product or the embedding bags of :mod:`._cpu`, called
-  directly (a round trip through the dispatcher costs more than the whole op at ``B = 1``).
-
-While ``torch.compile`` traces or a dispatch mode (``FlopCounterMode``, fake tensors) runs, the
-registered op runs on either route, so they see one op with its flop formula; while
-``torch.export`` traces, the plain gather-multiply-sum (:func:`aggregate_reference`), so exported
-programs hold standard ops only.
-
-Settings: :func:`set_backend` and :func:`set_cpu_formulation`, which start from the environment
-variables ``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION`` read at import.
+Settings: :func:`set_backend`, :func:`set_cpu_formulation`; their initial values come from
+``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION``, read at import.
 """
 
 from __future__ import annotations
@@ -36,10 +31,8 @@ from . import _cpu
 from .edge_softmax import edge_softmax
 from .neighbor_table import NeighborTable, reverse_table
 
-__all__ = [
-    "BACKENDS", "CPU_FORMULATIONS", "backend", "cpu_formulation", "export_decompositions",
-    "neighbor_aggregate", "neighbor_softmax_aggregate", "set_backend", "set_cpu_formulation",
-]
+__all__ = ["BACKENDS", "CPU_FORMULATIONS", "backend", "cpu_formulation", "export_decompositions",
+           "neighbor_aggregate", "neighbor_softmax_aggregate", "set_backend", "set_cpu_formulation"]
 
 BACKENDS = ("auto", "torch", "triton")
 CPU_FORMULATIONS = ("auto", *_cpu.FORMULATIONS)
@@ -99,18 +92,17 @@ def _load_kernels(device: str) -> Any:
     try:
         from . import _triton_kernels as kernels
     except ImportError as err:  # no triton, or a broken one
-        if _backend == "triton":
-            _warn(f"backend 'triton' but triton cannot be imported ({err}); using the PyTorch path")
-        return None
-    if device == "cpu" and not kernels.INTERPRETED:
-        _warn("backend 'triton' runs CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1, "
-              "set before triton is imported); using the PyTorch path")
-        return None
-    if device == "cuda" and kernels.INTERPRETED:
-        _warn("the Triton kernels were built for the interpreter (TRITON_INTERPRET=1), which cannot run "
-              "CUDA tensors; using the PyTorch path")
-        return None
-    return kernels
+        kernels, problem = None, f"triton cannot be imported ({err})"
+    else:
+        if kernels.INTERPRETED == (device == "cpu"):
+            return kernels
+        problem = ("CPU tensors run on Triton only under its interpreter (TRITON_INTERPRET=1, set before "
+                   "triton is imported)" if device == "cpu" else
+                   "the Triton kernels were built for the interpreter (TRITON_INTERPRET=1), which cannot "
+                   "run CUDA tensors")
+    if kernels is not None or _backend == "triton":
+        _warn(f"{problem}; using the PyTorch path")
+    return None
 
 
 def _kernels_on(x: Tensor) -> Any:
@@ -146,10 +138,6 @@ def _autocast_on(x: Tensor) -> bool:
 def _autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
     """The PyTorch path computes in ``x``'s dtype: autocast would recast its ``bmm``."""
     return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------------------------
-# The registered operators.
 
 
 def _run(name: str, p: Tensor, q: Tensor, tables: tuple[Tensor, ...]) -> Tensor:
@@ -191,33 +179,23 @@ def _(a: Tensor, x: Tensor, index: Tensor, *_: Tensor) -> Tensor:
     return x.new_empty(*x.shape[:2], index.shape[1])
 
 
-def _op_aggregate(x: Tensor, weight: Tensor, lay: _cpu.Layout) -> Tensor:
-    return _aggregate_op(x, weight, *lay.tables)
-
-
-def _op_edge_dot(a: Tensor, x: Tensor, lay: _cpu.Layout) -> Tensor:
-    return _edge_dot_op(a, x, *lay.tables)
-
-
 def _save_inputs(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _aggregate_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    x, weight, *tables = ctx.saved_tensors
-    lay = _cpu.Layout(*tables)
-    return *_cpu.aggregate_grads(_op_aggregate, _op_edge_dot, lay, x, weight, grad, ctx.needs_input_grad), \
-        None, None, None, None
+def _backward(kind: str) -> Callable[..., tuple[Tensor | None, ...]]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        p, q, *tables = ctx.saved_tensors
+        grads = _cpu.grads(kind, lambda x, w, lay: _aggregate_op(x, w, *lay.tables),
+                           lambda a, x, lay: _edge_dot_op(a, x, *lay.tables), _cpu.Layout(*tables), p, q,
+                           grad, ctx.needs_input_grad)
+        return *grads, None, None, None, None
+
+    return backward
 
 
-def _edge_dot_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    a, x, *tables = ctx.saved_tensors
-    lay = _cpu.Layout(*tables)
-    return *_cpu.edge_dot_grads(_op_aggregate, lay, a, x, grad, ctx.needs_input_grad), None, None, None, None
-
-
-_aggregate_op.register_autograd(_aggregate_backward, setup_context=_save_inputs)
-_edge_dot_op.register_autograd(_edge_dot_backward, setup_context=_save_inputs)
+_aggregate_op.register_autograd(_backward("aggregate"), setup_context=_save_inputs)
+_edge_dot_op.register_autograd(_backward("edge_dot"), setup_context=_save_inputs)
 
 
 @register_flop_formula([torch.ops.landmark_graph.aggregate, torch.ops.landmark_graph.edge_dot])
@@ -251,9 +229,6 @@ def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
         torch.ops.landmark_graph.edge_dot.default: _edge_dot_reference,
     }
 
-
-# --------------------------------------------------------------------------------------------
-# The public functions.
 
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -297,8 +272,8 @@ def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, 
     if w_shape != ((n, k) if len(w_shape) == 2 else (b, n, k)):
         raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = ({n}, {k}), "
                          f"got {tuple(w_shape)}")
-    on_cpu = x.is_cpu
-    if not (on_cpu and weight.is_cpu and (idx.is_cpu if lay is None else lay.on_cpu)):  # skip building devices
+    on_cpu = x.is_cpu  # one CPU device: no device objects to build and compare
+    if not (on_cpu and weight.is_cpu and (idx.is_cpu if lay is None else lay.on_cpu)):
         for label, t in ((name, weight), ("index", idx)):
             if t.device != x.device:
                 raise ValueError(f"{label} is on {t.device} but x is on {x.device}; move them to one device"
