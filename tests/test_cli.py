@@ -94,7 +94,7 @@ def test_train_resume_evaluate_predict(tmp_path, capsys):
     assert "predicts scheme 'cofw29'" in _error_line(capsys)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert cli.main(["evaluate", str(tmp_path / "junk.pt")]) == 2
-    assert "cannot be read" in _error_line(capsys)
+    assert "is not a checkpoint" in _error_line(capsys)
 
     # Evaluate reproduces the logged metrics of the same test sets.
     metrics_file = tmp_path / "metrics.json"
