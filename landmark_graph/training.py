@@ -708,8 +708,8 @@ def train(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            bar.update(1)
             bar.set_postfix_str(f"loss {losses[-1]:.3f}")
+            bar.update(1)
         record = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch, "lr": scheduler.get_last_lr()[0],
                   "train_loss": sum(losses) / len(losses), "seconds": round(time.perf_counter() - started, 2)}
         evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs

@@ -135,7 +135,8 @@ def test_a_whole_module_needs_trust(tmp_path):
     assert isinstance(model, torch.nn.Linear) and shape is None
 
 
-@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0" + bytes(200), b"not a checkpoint"], ids=["jpeg", "text"])
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0" + bytes(200), b"not a checkpoint"],
+                         ids=["jpeg", "text"])
 def test_evaluate_on_a_file_that_is_no_checkpoint_says_so_in_one_line(tmp_path, capsys, content):
     image = tmp_path / "face.jpg"
     image.write_bytes(content)
