@@ -3,8 +3,11 @@
 A run is described by one :class:`TrainConfig`; :func:`train` builds the data sets, the model
 (backbone + head, :func:`build_model`), the loss (:class:`LandmarkCriterion`), the optimiser and
 the learning-rate schedule, trains, evaluates every ``eval_every`` epochs, writes a JSON line
-per epoch to ``out_dir/log.jsonl`` and checkpoints ``out_dir/last.pt`` / ``best.pt`` with the
-configuration embedded. ``resume`` continues a run from a checkpoint.
+per epoch to ``out_dir/log.jsonl`` and checkpoints ``out_dir/last.pt`` / ``best.pt`` (the best
+evaluated epoch) with the configuration embedded, each file replaced atomically. ``resume``
+continues a run from a checkpoint: every random stream of an epoch derives from ``(seed,
+epoch)``, so on CPU a run killed mid-epoch and resumed ends with the same weights as one never
+interrupted.
 
 The same code runs under ``torchrun``: when ``WORLD_SIZE > 1`` it joins the process group
 (``nccl`` on GPU, ``gloo`` on CPU), wraps the model in ``DistributedDataParallel`` (optionally
