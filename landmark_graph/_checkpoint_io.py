@@ -8,6 +8,7 @@ written through :func:`replacing`, so a crash while saving leaves the previous f
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pickle
 import re
@@ -89,6 +90,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         ('done', ['notes.txt'])
     """
     path = Path(path)
+    _remove_leftovers(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -104,6 +106,23 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of :func:`replacing` that a killed writer left beside ``path``
+    (its process id, in the name, no longer runs). POSIX only: elsewhere they stay."""
+    if os.name != "posix":
+        return
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            continue
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:

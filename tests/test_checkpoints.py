@@ -169,6 +169,12 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
         assert torch.equal(after["model"][key], value), key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "log.jsonl"]
 
+    # What a writer killed mid-save (SIGKILL: no clean-up) leaves behind goes with the next save.
+    leftover = tmp_path / ".last.pt.4194305.tmp"  # above Linux's largest process id: a dead writer
+    leftover.write_bytes(b"PK\x03\x04 half a zip")
+    train(TrainConfig.from_dict(config.to_dict() | {"epochs": 2, "resume": str(tmp_path / "last.pt")}))
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2 and not leftover.exists()
+
 
 def _train_args(out: Path) -> list[str]:
     # 16 faces in batches of 4 and 6 steps an epoch: each epoch reshuffles 1.5 times.
@@ -184,9 +190,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "landmark_graph", *_train_args(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (killed / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+    # log.jsonl is the last file written after an epoch: kill as soon as epoch 1 is saved.
+    while not (killed / "log.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)  # as soon as epoch 1 is saved: inside epoch 2
+    process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     saved = load_checkpoint(killed / "last.pt")["epoch"]
