@@ -53,18 +53,49 @@ _HELP = {
     "dataset": "synthetic, or a real set read from --data-root",
     "data_root": "folder of the real data set (see docs/cli.md for the layouts)",
     "scheme": "landmark scheme (default: the data set's)",
+    "image_size": "side of the square face crop in pixels",
     "train_size": "synthetic training images",
     "test_size": "synthetic images per test set (clean, occluded)",
     "occlusion": "share of occluded synthetic training images",
     "one_based": "300w .pts and cofw coordinates count pixels from 1 (MATLAB): subtract 1 (others: ignored)",
+    "augment": "strength of the training augmentation of a real data set: 1 is the paper's (rotation, "
+               "shift, scale, flip, an occluding rectangle), 0 turns it off (to sanity-check a data set); "
+               "synthetic faces are not augmented",
     "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
-    "relative_weight": "lambda of the relative location loss (0: off; the paper uses 1)",
+    "backbone_width": "channels of the small backbone's first layer (doubling at each of its 4 layers)",
+    "pretrained": "start a torchvision or timm backbone from its ImageNet weights",
+    "head": "lgrl (the paper's landmark-graph head) or fc (baseline)",
+    "k": "neighbours of each landmark in the graph",
+    "adjacency": "graph neighbourhood: correlation (eq. 1-2 on the training landmarks), scheme (the "
+                 "scheme's own) or index (landmark order)",
+    "hidden_features": "node features of the graph layers",
+    "num_blocks": "graph residual blocks",
+    "expansion": "map-to-node channels per landmark",
+    "edge_weights": "dynamic (per image), static (learned constants) or binary (all 1)",
+    "head_channels": "width of the head's first convolution (fc: hidden units)",
+    "loss": "absolute landmark loss",
+    "relative_weight": "lambda of the relative location loss; the paper's is 1 (0: off)",
+    "optimizer": "optimiser",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule",
+    "step_epochs": "epochs between two decays of the step schedule",
+    "gamma": "learning-rate factor of each step-schedule decay",
+    "epochs": "training epochs",
     "steps_per_epoch": "optimisation steps per epoch (default: one pass over the training set)",
-    "batch_size": "images per step and process",
-    "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go",
-    "resume": "checkpoint to continue from",
-    "sync_bn": "SyncBatchNorm across processes (under torchrun)",
+    "batch_size": "images per step and process (the last partial batch of a pass is dropped)",
+    "workers": "DataLoader worker processes",
+    "seed": "seed of the synthetic data, initialisation, shuffle and augmentation",
+    "device": "auto (CUDA when available), cpu, cuda, cuda:1, ...",
+    "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go (default: the folder of --resume, "
+               "else runs/<date>-<time>)",
+    "resume": "checkpoint to continue from (same architecture options)",
+    "sync_bn": "SyncBatchNorm across processes (under torchrun, on GPUs)",
+    "eval_every": "evaluate every N epochs (and after the last)",
 }
+_METAVARS = {"data_root": "DIR", "out_dir": "DIR", "resume": "CKPT", "backbone": "NAME", "device": "DEVICE",
+             int: "N", float: "X", str: "NAME"}
 _OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out_dir": str, "resume": str}
 
 
@@ -92,8 +123,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
             parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
         else:
             kind = _OPTIONAL_TYPES.get(f.name, type(f.default))
-            help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
+            help_text = _HELP.get(f.name, "")
+            if f.default is not None and "(default:" not in help_text:
+                help_text += f" (default: {f.default})"
             parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
+                                metavar=None if f.name in choices else _METAVARS.get(f.name, _METAVARS[kind]),
                                 help=help_text.strip())
 
 
@@ -122,12 +156,19 @@ def _print_metrics(metrics: dict[str, dict]) -> None:
               f"  (n={m['count']})")
 
 
+def _default_out_dir(resume: str | None) -> str:
+    """The folder of the checkpoint resumed from, else a new ``runs/<date>-<time>``."""
+    if resume:
+        return str(Path(resume).parent)
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
 def _run_train(args: argparse.Namespace) -> int:
     """Train a landmark model (any backbone and head) on synthetic or real faces."""
     from .training import train
 
     _set_threads(args.threads)
-    config = _config_from_args(args)
+    config = _config_from_args(args, out_dir=args.out_dir or _default_out_dir(args.resume))
     result = train(config, log=print)
     if result["checkpoint"]:
         print(f"checkpoint: {result['checkpoint']}")
@@ -142,11 +183,15 @@ def _run_train(args: argparse.Namespace) -> int:
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by train (last.pt or best.pt)")
     parser.add_argument("--dataset", help="evaluate on another data set than the training one")
-    parser.add_argument("--data-root", help="folder of the real data set")
-    parser.add_argument("--test-size", type=int, help="synthetic test images per set")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.add_argument("--data-root", metavar="DIR", help="folder of the real data set")
+    parser.add_argument("--test-size", type=int, metavar="N",
+                        help="synthetic test images per set (default: the training run's)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per batch (default: 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice)")
 
 
 def _device(name: str) -> torch.device:
@@ -157,6 +202,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint: NME, FR and AUC on the test set(s) of its (or another) data set."""
     from .training import DATASETS, CheckpointError, _loader, evaluate, model_from_checkpoint
 
+    _set_threads(args.threads)
     device = _device(args.device)
     model, saved = model_from_checkpoint(args.checkpoint, device)
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root),
@@ -299,13 +345,17 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(args: argparse.Namespace, head: str):
-    """The demo's training run for one head: a small CNN, Soft Wing, Adam with a cosine schedule."""
+    """The demo's training run for one head: a small CNN, Soft Wing, Adam with a cosine schedule.
+
+    The demo compares the heads alone, so it keeps the relative location loss off
+    (``relative_weight=0``; ``train`` defaults to the paper's 1).
+    """
     from .training import TrainConfig
 
     return TrainConfig(
         scheme=args.scheme, image_size=args.image_size, train_size=args.train_size,
         test_size=args.test_size, backbone="small", backbone_width=24, head=head,
-        hidden_features=64, num_blocks=2, head_channels=128, loss="softwing", lr=2e-3,
+        hidden_features=64, num_blocks=2, head_channels=128, loss="softwing", relative_weight=0.0, lr=2e-3,
         epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, seed=args.seed,
         eval_every=1, progress=True,
     )
