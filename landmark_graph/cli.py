@@ -262,8 +262,18 @@ def _truth_for(images: list[Path], truth: str | None) -> list:
             for image in images]
 
 
+def _drawing_names(images: list[Path]) -> list[str]:
+    """``<stem>_landmarks.png``; ``<stem>_<position>_landmarks.png`` where stems repeat (a.jpg in two
+    folders), so no drawing overwrites another."""
+    stems = [path.stem for path in images]
+    return [f"{stem}_landmarks.png" if stems.count(stem) == 1 else f"{stem}_{i}_landmarks.png"
+            for i, stem in enumerate(stems)]
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     """Predict landmarks on photos (face boxes given, detected, or the whole image); JSON and drawings."""
+    import numpy as np
+
     from .data import load_image
     from .drawing import save_face_drawing
     from .inference import LandmarkPredictor, boxes_for, list_images, read_boxes
@@ -287,18 +297,21 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     def loaded():
         for path, image_boxes in zip(images, boxes, strict=True):
-            image = load_image(path)
+            image = load_image(path, exif_orientation=True)
             sizes.append(image.shape[:2])
             yield image, image_boxes
 
-    results, count = [], 0
+    results, count, names = [], 0, _drawing_names(images)
     for index, faces in enumerate(predictor.predict_many(loaded())):
         path, (height, width) = images[index], sizes[index]
+        for number, face in enumerate(faces):
+            if not np.isfinite(face.landmarks).all():  # JSON has no NaN, and a user must hear of it
+                raise ValueError(f"the model returned non-finite landmarks for face {number} of {path}")
         results.append({"path": str(path), "width": width, "height": height,
                         "faces": [face.to_dict() for face in faces]})
         count += len(faces)
         if draw:  # the image is read again rather than kept for the whole batch
-            save_face_drawing(Path(draw) / f"{path.stem}_landmarks.png", load_image(path), faces,
+            save_face_drawing(Path(draw) / names[index], load_image(path, exif_orientation=True), faces,
                               predictor.scheme, truth[index])
     text = json.dumps({"scheme": predictor.scheme.name, "num_landmarks": predictor.scheme.num_points,
                        "detector": args.detector, "images": results}, indent=1)

@@ -405,3 +405,39 @@ def test_calibrate_detector_example_recovers_a_known_map(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "fitted on 3 faces: BoxMap(scale=0.833, shift=(0.000, 0.083))" in out  # hidden's inverse
     assert out.count("1.000") == 3  # the mapped boxes are the landmark boxes
+
+
+def test_predict_turns_photos_upright_by_their_exif_orientation(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    stored = Image.fromarray(np.zeros((40, 70, 3), dtype=np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # orientation: the camera was turned, show the pixels rotated by 90 degrees
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    output = tmp_path / "out.json"
+    assert cli.main(["predict", checkpoint, str(tmp_path / "phone.jpg"), "--output", str(output)]) == 0
+    (image,) = json.loads(output.read_text())["images"]
+    assert (image["width"], image["height"]) == (40, 70)
+
+
+def test_predict_names_the_face_a_model_returns_nan_for(checkpoint, photos, capsys, monkeypatch):
+    original = LandmarkPredictor.from_checkpoint
+
+    def nan_model(*args, **kwargs):
+        predictor = original(*args, **kwargs)
+        predictor.model = FixedPoints([[float("nan"), float("nan")]])
+        return predictor
+
+    monkeypatch.setattr(LandmarkPredictor, "from_checkpoint", nan_model)
+    assert cli.main(["predict", checkpoint, str(photos / "a.png")]) == 2
+    assert "non-finite landmarks for face 0 of" in _error_line(capsys)
+
+
+def test_predict_draws_images_of_the_same_name_in_two_folders(checkpoint, photos, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((photos / "a.png").read_bytes())
+    drawn = tmp_path / "drawn"
+    assert cli.main(["predict", checkpoint, str(photos / "a.png"), str(other / "a.png"), "--draw",
+                     str(drawn), "--output", str(tmp_path / "out.json")]) == 0
+    assert sorted(p.name for p in drawn.iterdir()) == ["a_0_landmarks.png", "a_1_landmarks.png"]

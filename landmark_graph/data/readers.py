@@ -599,8 +599,12 @@ def read_cofw(
     return records
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, *, exif_orientation: bool = False) -> np.ndarray:
     """Read an image file as ``ndarray[H, W, 3]`` uint8 RGB (needs Pillow, installed with matplotlib).
+
+    ``exif_orientation=True`` turns the pixels upright as the file's EXIF orientation tag says
+    (phone photos): what ``predict`` does. Data-set readers keep the stored pixels, the frame their
+    annotations are in.
 
     Any format Pillow opens. Deeper images are scaled to 8 bits, not clipped: 16-bit grayscale
     (PNG, TIFF, PGM; Pillow's modes ``I;16*`` and ``I``) by 255/65535, 32-bit float grayscale
@@ -612,11 +616,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             ``[0, 1]`` or NaN, or an integer image outside ``0..65535`` (whose scale is unknown).
     """
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
     except ImportError as err:
         raise ImportError("reading image files needs Pillow: pip install pillow") from err
     try:
         with Image.open(path) as image:
+            if exif_orientation:
+                image = ImageOps.exif_transpose(image)
             if image.mode not in ("F", "I") and not image.mode.startswith("I;16"):
                 return np.array(image.convert("RGB"))
             values, mode = np.asarray(image, dtype=np.float64), image.mode
