@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -156,7 +157,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(example_input, dynamic_batch)
-    with _eval_mode(model), warnings.catch_warnings():
+    with _eval_mode(model), warnings.catch_warnings(), _quiet_onnx_log():
         _materialize(model, example)
         # PyTorch's own exporter internals, nothing the caller can act on.
         warnings.filterwarnings("ignore", r".*LeafSpec", FutureWarning)
@@ -168,6 +169,19 @@ def export_onnx(
             external_data=False, verbose=False,
         )
     return path
+
+
+@contextlib.contextmanager
+def _quiet_onnx_log() -> Iterator[None]:
+    """Mute the exporter's log below errors: it lists torchvision ops it skips when torchvision is
+    missing (a model cannot hold those then), a line each."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def run_onnx(path: str | Path, inputs: Tensor) -> Tensor:
