@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from landmark_graph.ops import backend
+
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -38,7 +40,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, Callable[[], float], 
         torch.set_num_threads(args.threads)
     meta = {"device": str(device), "threads": torch.get_num_threads(), "clock": args.clock,
             "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "backend": os.environ.get("LANDMARK_GRAPH_BACKEND", "auto")}
+            "cpu_count": os.cpu_count(), "backend": backend()}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     return device, CLOCKS[args.clock], meta

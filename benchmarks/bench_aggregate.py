@@ -36,7 +36,6 @@ import functools
 import importlib.util
 import itertools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import add_arguments, interleaved, setup, sync
 
+from landmark_graph import ops
 from landmark_graph.ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
-from landmark_graph.ops._torch_impl import FORMULATIONS
 
 FULL = {"N": (29, 68, 98), "K": (4, 7), "D": (128, 256), "B": (1, 64, 256)}
 QUICK = {"N": (29, 98), "K": (4, 7), "D": (128,), "B": (1, 64)}
@@ -148,13 +147,14 @@ def build_methods(table: NeighborTable, b: int, d: int, device: torch.device, dt
 
         methods["torch_scatter"] = scatter
     if formulations and device.type == "cpu":
-        for form in FORMULATIONS:
+        for form in ops.CPU_FORMULATIONS[1:]:
             def pinned(form: str = form) -> torch.Tensor:
-                os.environ["LANDMARK_GRAPH_CPU_FORMULATION"] = form
+                previous = ops.cpu_formulation()
+                ops.set_cpu_formulation(form)
                 try:
                     return op()
                 finally:
-                    os.environ.pop("LANDMARK_GRAPH_CPU_FORMULATION", None)
+                    ops.set_cpu_formulation(previous)
 
             methods[f"op[{form}]"] = pinned
     methods = {name: _with_inputs(fn, (x, logits, dense_logits)) for name, fn in methods.items()}

@@ -5,9 +5,12 @@ Reports, for N = 98 landmarks on an 8 x 8 backbone map (I = n*H*W = 256, F = 128
 1. Graph layers (everything after map-to-node), forward + backward at B = 64: LGRLHead with
    dynamic (default) and static edge weights vs the same layers written the authors' way
    (``_authors_head.AuthorsGraphLayers``: dense masked softmax over N x N, separate
-   self/neighbour weights, 10 graph convolutions). Target: >= 1.5x.
+   self/neighbour weights, 10 graph convolutions; target >= 3x), and, when ``torch_geometric``
+   is installed, with PyG's ``GCNConv`` and ``DenseGCNConv`` (``_pyg_head.PygGraphLayers``, the
+   dynamic head's parameters and edge weights, checked to give its numbers; target >= 1.5x).
 2. Whole heads (same map-to-node convolutions), forward + backward at B = 64.
-3. Latency (eval mode, forward only) at B = 1 and B = 64: LGRLHead, FCHead, the authors' head.
+3. Latency (eval mode, forward only) at B = 1 and B = 64: LGRLHead, FCHead, the authors' head,
+   and LGRLHead's as a ratio to FCHead's (comparable across commits and machines).
 4. Parameters and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, per image) of LGRLHead,
    FCHead and the authors' head, next to SPEC §4's formula for the graph layers.
 
@@ -23,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -43,21 +47,48 @@ from landmark_graph import FCHead, LGRLHead
 N, K_NEIGHBOURS, C, HW, EXPANSION, F, BLOCKS = 98, 3, 512, 8, 4, 128, 4
 I = EXPANSION * HW * HW  # noqa: E741
 
+def dynamic_weights(head: LGRLHead, nodes: torch.Tensor) -> torch.Tensor | None:
+    """The dynamic head's ``(B, N, K)`` edge weights from the nodes' context (SPEC §3)."""
+    if head.dynamic is None:
+        return None
+    b, n = nodes.shape[:2]
+    context = nodes.view(b, n, EXPANSION, nodes.shape[-1] // EXPANSION).mean(dim=-1).flatten(1)
+    return head.dynamic(context)
+
+
 def graph_part(head: LGRLHead) -> Callable[[torch.Tensor], torch.Tensor]:
-    """LGRLHead.forward after map-to-node (dynamic weights from the same context, SPEC §3)."""
+    """LGRLHead.forward after map-to-node."""
 
     def run(nodes: torch.Tensor) -> torch.Tensor:
-        weights = None
-        if head.dynamic is not None:
-            b, n = nodes.shape[:2]
-            context = nodes.view(b, n, EXPANSION, nodes.shape[-1] // EXPANSION).mean(dim=-1).flatten(1)
-            weights = head.dynamic(context)
+        weights = dynamic_weights(head, nodes)
         h = head.input_conv(nodes, weights)
         for block in head.blocks:
             h = block(h, weights)
         return head.output_conv(h, weights)
 
     return run
+
+
+def pyg_peers(head: LGRLHead, probe: torch.Tensor) -> dict[str, tuple[nn.Module, Callable]]:
+    """PyG's ``GCNConv`` and ``DenseGCNConv`` stacks with ``head``'s parameters and edge weights,
+    checked on ``probe`` nodes to compute what ``head``'s graph layers do; empty without PyG."""
+    if importlib.util.find_spec("torch_geometric") is None:
+        print("# PyG peers skipped: torch_geometric is not installed (pip install torch_geometric)")
+        return {}
+    from _pyg_head import PygGraphLayers
+
+    peers = {}
+    head.eval()
+    for name, dense in (("PyG-GCNConv", False), ("PyG-DenseGCNConv", True)):
+        layers = PygGraphLayers(head, dense).to(probe.device).eval()
+
+        def run(nodes: torch.Tensor, layers: nn.Module = layers) -> torch.Tensor:
+            return layers(nodes, dynamic_weights(head, nodes))
+
+        with torch.no_grad():
+            torch.testing.assert_close(run(probe), graph_part(head)(probe), atol=1e-4, rtol=1e-4)
+        peers[name] = (nn.ModuleList([layers, head.dynamic]), run)
+    return peers
 
 
 def fwd_bwd(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor,
@@ -155,11 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("LGRLHead-dynamic", "LGRLHead-static")
     }
     layer_fns["authors-dense"] = fwd_bwd(authors_graph, authors_graph, nodes, grad)
+    peers = pyg_peers(heads["LGRLHead-dynamic"], nodes[:2].detach())
+    for name, (module, run) in peers.items():
+        layer_fns[name] = fwd_bwd(module, run, nodes, grad)
+        module.train()
     for head in heads.values():
         head.train()
     times = interleaved(layer_fns, device, args.budget, clock=clock)
     title = f"graph layers (after map-to-node), fwd+bwd, B={b}, N={N}, I={I}, F={F}"
-    result["graph_layers_fwd_bwd"] = _speedup_table(title, times)
+    result["graph_layers_fwd_bwd"] = _speedup_table(title, {k: v for k, v in times.items() if k not in peers})
+    if peers:
+        ours = times["LGRLHead-dynamic"]
+        result["graph_layers_fwd_bwd_pyg"] = {}
+        for name in peers:
+            ratio = times[name] / ours
+            result["graph_layers_fwd_bwd_pyg"][name] = {"seconds": times[name],
+                                                        "speedup_of_LGRLHead_dynamic": ratio}
+            print(f"  {name:18s} {times[name] * 1e3:9.2f} ms   this/LGRLHead-dynamic = {ratio:5.2f}x "
+                  "(target >= 1.5)")
 
     # 2. whole heads, fwd+bwd
     features = torch.randn(b, C, HW, HW, generator=g).to(device).requires_grad_()
@@ -178,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                             args.budget / 2, clock=clock)
         print(f"\n## latency, eval forward, B={batch}")
         for name, t in times.items():
-            print(f"  {name:18s} {t * 1e3:9.3f} ms")
+            print(f"  {name:18s} {t * 1e3:9.3f} ms   / FCHead = {t / times['FCHead']:5.2f}")
         result["latency_eval"][f"B={batch}"] = {name: t for name, t in times.items()}
+        result["latency_eval"][f"B={batch} / FCHead"] = {name: t / times["FCHead"]
+                                                          for name, t in times.items()}
 
     # 4. parameters and FLOPs per image
     one = torch.randn(1, C, HW, HW).to(device)

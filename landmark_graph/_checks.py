@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
 __all__ = [
+    "check_boxes",
     "check_feature_map",
     "check_finite",
     "check_floating",
@@ -112,3 +114,20 @@ def check_param_dtype(name: str, tensor: Tensor, module: nn.Module) -> None:
         f"{name} must have the dtype of the module's parameters {param.dtype}, got {tensor.dtype}; "
         "convert the module (module.to(dtype)) or run under torch.autocast"
     )
+
+
+def check_boxes(name: str, boxes: object) -> np.ndarray:
+    """``ndarray[F, 4]`` float64 boxes ``(x_min, y_min, x_max, y_max)`` from one box or a list of
+    them (``F`` may be 0), checked finite with positive sides."""
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, 4))
+    if array.shape == (4,):
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (F, 4) = (x_min, y_min, x_max, y_max), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or inf: {array.tolist()}")
+    if not ((array[:, 2] > array[:, 0]) & (array[:, 3] > array[:, 1])).all():
+        raise ValueError(f"{name} needs x_max > x_min and y_max > y_min, got {array.tolist()}")
+    return array

@@ -4,7 +4,8 @@ A registry maps a name to a builder ``(pretrained) -> (module, channels)``:
 
 - ``"small"``: a tiny built-in CNN, fast enough to train on CPU in the demo;
 - ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"mobilenet_v2"``, ``"efficientnet_b0"``:
-  torchvision models without their pooling and classifier (torchvision needed);
+  torchvision models without their pooling and classifier (torchvision needed, the release
+  built for the installed torch: :func:`torchvision_install_command`);
 - ``"timm:<name>"``: any timm model that supports ``features_only`` (timm needed); its last
   feature map is used.
 
@@ -14,11 +15,19 @@ Register more with :func:`register_backbone`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "SmallCNN", "available_backbones", "build_backbone", "register_backbone"]
+__all__ = [
+    "BACKBONES",
+    "SmallCNN",
+    "available_backbones",
+    "build_backbone",
+    "register_backbone",
+    "torchvision_install_command",
+]
 
 Builder = Callable[[bool], tuple[nn.Module, int]]
 BACKBONES: dict[str, Builder] = {}
@@ -67,9 +76,65 @@ class SmallCNN(nn.Sequential):
         self.out_channels = channels
 
 
+def torchvision_install_command(torch_version: str | None = None) -> str:
+    """The pip command installing the torchvision release built for ``torch_version`` (default:
+    the installed torch).
+
+    torch ``2.M.P`` pairs with torchvision ``0.(M+15).P``; a local build tag (``+cpu``,
+    ``+cu126``) selects PyTorch's index of that build, since PyPI's Linux torchvision wheels are
+    CUDA builds that fail to import beside a CPU torch.
+
+    Example:
+        >>> torchvision_install_command("2.13.0+cpu")
+        'python -m pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu'
+        >>> torchvision_install_command("2.13.0")
+        'python -m pip install torchvision==0.28.0'
+    """
+    if torch_version is None:
+        import torch
+
+        torch_version = torch.__version__
+    release, _, build = str(torch_version).partition("+")
+    parts = release.split(".")
+    if len(parts) < 3 or parts[0] != "2" or not (parts[1].isdigit() and parts[2].isdigit()):
+        return f"python -m pip install the torchvision release built for torch {torch_version}"
+    command = f"python -m pip install torchvision==0.{int(parts[1]) + 15}.{int(parts[2])}"
+    return command + (f" --index-url https://download.pytorch.org/whl/{build}" if build else "")
+
+
+def _torchvision_models():
+    """``torchvision.models``, or an ``ImportError`` whose one line says how to get a working one."""
+    try:
+        return importlib.import_module("torchvision.models")
+    except ModuleNotFoundError as error:
+        if error.name not in ("torchvision", "torchvision.models"):
+            raise _broken_torchvision(error) from error
+        raise ImportError(
+            f"this backbone needs torchvision, which is not installed: {torchvision_install_command()} "
+            "(the build matching the installed torch; a plain 'pip install torchvision' or "
+            "'landmark-graph[vision]' may replace torch with another one)"
+        ) from error
+    except (ImportError, RuntimeError, OSError) as error:  # installed, but built for another torch
+        raise _broken_torchvision(error) from error
+
+
+def _broken_torchvision(error: BaseException) -> ImportError:
+    import torch
+
+    try:
+        version = " " + importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return ImportError(
+        f"torchvision{version} does not import beside torch {torch.__version__} ({reason}): it was built "
+        f"for another torch; install the matching build: {torchvision_install_command()}"
+    )
+
+
 def _torchvision(name: str, trunk: Callable[[nn.Module], nn.Module], channels: int) -> Builder:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
-        models = _optional("torchvision.models", "vision")
+        models = _torchvision_models()
         model = models.get_model(name, weights="DEFAULT" if pretrained else None)
         return trunk(model), channels
 
@@ -121,7 +186,8 @@ def build_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]
 
     Raises:
         ValueError: unknown name.
-        ImportError: the backbone's library (torchvision, timm) is not installed.
+        ImportError: the backbone's library (torchvision, timm) is not installed or, for
+            torchvision, was built for another torch; the message names the install command.
 
     Example:
         >>> import torch

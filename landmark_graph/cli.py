@@ -53,16 +53,46 @@ _HELP = {
     "dataset": "synthetic, or a real set read from --data-root",
     "data_root": "folder of the real data set (see docs/cli.md for the layouts)",
     "scheme": "landmark scheme (default: the data set's)",
+    "image_size": "side of the square face crop in pixels",
     "train_size": "synthetic training images",
     "test_size": "synthetic images per test set (clean, occluded)",
     "occlusion": "share of occluded synthetic training images",
+    "one_based": "300w .pts and cofw coordinates count pixels from 1 (MATLAB): subtract 1 (others: ignored)",
+    "augment": "strength of the training augmentation of a real data set: 1 is the paper's (rotation, "
+               "shift, scale, flip, an occluding rectangle), 0 turns it off (to sanity-check a data set); "
+               "synthetic faces are not augmented",
     "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
-    "relative_weight": "lambda of the relative location loss (0: off; the paper uses 1)",
+    "backbone_width": "channels of the small backbone's first layer (doubling at each of its 4 layers)",
+    "pretrained": "start a torchvision or timm backbone from its ImageNet weights",
+    "head": "lgrl (the paper's landmark-graph head) or fc (baseline)",
+    "k": "neighbours of each landmark in the graph",
+    "adjacency": "graph neighbourhood: correlation (eq. 1-2 on the training landmarks), scheme (the "
+                 "scheme's own) or index (landmark order)",
+    "hidden_features": "node features of the graph layers",
+    "num_blocks": "graph residual blocks",
+    "expansion": "map-to-node channels per landmark",
+    "edge_weights": "dynamic (per image), static (learned constants) or binary (all 1)",
+    "head_channels": "width of the head's first convolution (fc: hidden units)",
+    "loss": "absolute landmark loss",
+    "relative_weight": "lambda of the relative location loss; the paper's is 1 (0: off)",
+    "optimizer": "optimiser",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule",
+    "step_epochs": "epochs between two decays of the step schedule",
+    "gamma": "learning-rate factor of each step-schedule decay",
+    "epochs": "training epochs",
     "steps_per_epoch": "optimisation steps per epoch (default: one pass over the training set)",
-    "batch_size": "images per step and process",
-    "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go",
-    "resume": "checkpoint to continue from",
-    "sync_bn": "SyncBatchNorm across processes (under torchrun)",
+    "batch_size": "images per step and process (the last partial batch of a pass is dropped)",
+    "workers": "DataLoader worker processes",
+    "seed": "seed of the synthetic data, initialisation, shuffle and augmentation",
+    "device": "auto (CUDA when available), cpu, cuda, cuda:1, ...",
+    "out_dir": "where checkpoints (last.pt, best.pt) and log.jsonl go (default: the folder of --resume, "
+               "else runs/<date>-<time>)",
+    "resume": "checkpoint to continue from (same architecture options)",
+    "sync_bn": "SyncBatchNorm across processes (under torchrun, on GPUs)",
+    "eval_every": "evaluate every N epochs (and after the last)",
     "backbone_depth": "stride-2 blocks of the small backbone (its map is S / 2^depth)",
     "embedding": "node embedding of the lgrl head: map_to_node (the paper) or attention (local)",
     "visibility": "predict per-landmark visibility, trained on the data's visible flags (synthetic, COFW)",
@@ -74,6 +104,8 @@ _HELP = {
     "consistency_weight": "occlusion-consistency training: weight of the visible landmarks' pull to "
                           "their clean-image predictions, occluders pasted on every batch (0: off)",
 }
+_METAVARS = {"data_root": "DIR", "out_dir": "DIR", "resume": "CKPT", "backbone": "NAME", "device": "DEVICE",
+             int: "N", float: "X", str: "NAME"}
 _OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out_dir": str, "resume": str}
 
 
@@ -102,8 +134,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
             parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
         else:
             kind = _OPTIONAL_TYPES.get(f.name, type(f.default))
-            help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
+            help_text = _HELP.get(f.name, "")
+            if f.default is not None and "(default:" not in help_text:
+                help_text += f" (default: {f.default})"
             parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
+                                metavar=None if f.name in choices else _METAVARS.get(f.name, _METAVARS[kind]),
                                 help=help_text.strip())
 
 
@@ -143,12 +178,19 @@ def _print_metrics(metrics: dict[str, dict]) -> None:
                 print(f"{'':>10}  {shown}")
 
 
+def _default_out_dir(resume: str | None) -> str:
+    """The folder of the checkpoint resumed from, else a new ``runs/<date>-<time>``."""
+    if resume:
+        return str(Path(resume).parent)
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
 def _run_train(args: argparse.Namespace) -> int:
     """Train a landmark model (any backbone and head) on synthetic or real faces."""
     from .training import train
 
     _set_threads(args.threads)
-    config = _config_from_args(args)
+    config = _config_from_args(args, out_dir=args.out_dir or _default_out_dir(args.resume))
     result = train(config, log=print)
     if result["checkpoint"]:
         print(f"checkpoint: {result['checkpoint']}")
@@ -163,11 +205,15 @@ def _run_train(args: argparse.Namespace) -> int:
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by train (last.pt or best.pt)")
     parser.add_argument("--dataset", help="evaluate on another data set than the training one")
-    parser.add_argument("--data-root", help="folder of the real data set")
-    parser.add_argument("--test-size", type=int, help="synthetic test images per set")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.add_argument("--data-root", metavar="DIR", help="folder of the real data set")
+    parser.add_argument("--test-size", type=int, metavar="N",
+                        help="synthetic test images per set (default: the training run's)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per batch (default: 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice)")
 
 
 def _device(name: str) -> torch.device:
@@ -178,6 +224,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint: NME, FR and AUC on the test set(s) of its (or another) data set."""
     from .training import DATASETS, CheckpointError, _loader, evaluate, model_from_checkpoint
 
+    _set_threads(args.threads)
     device = _device(args.device)
     model, saved = model_from_checkpoint(args.checkpoint, device)
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root),
@@ -201,78 +248,106 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by train")
-    parser.add_argument("images", nargs="+", help="face images (each is taken as the face crop)")
+    parser.add_argument("images", nargs="+", help="image files or folders (every image Pillow opens in them)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--boxes", metavar="FILE",
+                       help="face boxes per image: JSON {image: [[x0, y0, x1, y1], ...]} or text lines "
+                            "'image x0 y0 x1 y1' (see docs/cli.md)")
+    boxes.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                       help="a face box in the one image given (repeat for several faces)")
+    boxes.add_argument("--detector", help="find the faces with this detector (built in: haar, "
+                                          "pip install 'landmark-graph[detect]')")
+    parser.add_argument("--min-score", type=float, help="drop detections scoring lower")
     parser.add_argument("--output", help="write the landmarks as JSON here (default: print them)")
-    parser.add_argument("--draw", metavar="DIR", help="save each image with its landmarks drawn in DIR")
+    parser.add_argument("--draw", metavar="DIR", help="save each image with its faces drawn in DIR")
+    parser.add_argument("--truth", metavar="PATH",
+                        help="ground truth to draw: a .pts file (one image) or a folder of <image name>.pts")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default: 32)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
 
 
-def _run_predict(args: argparse.Namespace) -> int:
-    """Predict landmarks on image files; print or save them as JSON and draw them.
+def _truth_for(images: list[Path], truth: str | None) -> list:
+    from .data import read_pts
 
-    With a head that has them, the JSON also holds per point the visibility probability and
-    the Laplace scale ``(b_x, b_y)`` in image pixels, and the drawing marks the points judged
+    if truth is None:
+        return [None] * len(images)
+    path = Path(truth)
+    if path.is_file():
+        if len(images) != 1:
+            raise UsageError(f"--truth {truth}: one .pts file holds the truth of one image, "
+                             f"got {len(images)} images")
+        return [read_pts(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"--truth {truth!r} does not exist")
+    return [read_pts(path / f"{image.stem}.pts") if (path / f"{image.stem}.pts").is_file() else None
+            for image in images]
+
+
+def _drawing_names(images: list[Path]) -> list[str]:
+    """``<stem>_landmarks.png``; ``<stem>_<position>_landmarks.png`` where stems repeat (a.jpg in two
+    folders), so no drawing overwrites another."""
+    stems = [path.stem for path in images]
+    return [f"{stem}_landmarks.png" if stems.count(stem) == 1 else f"{stem}_{i}_landmarks.png"
+            for i, stem in enumerate(stems)]
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    """Predict landmarks on photos (face boxes given, detected, or the whole image); JSON and drawings.
+
+    With a head that has them, each face's JSON also holds per point the visibility probability
+    and the Laplace scale ``(b_x, b_y)`` in image pixels, and the drawing marks the points judged
     occluded (probability under 0.5) with red crosses.
     """
     import numpy as np
-    import torch.nn.functional as F
 
     from .data import load_image
-    from .training import model_from_checkpoint
+    from .drawing import save_face_drawing
+    from .inference import LandmarkPredictor, boxes_for, list_images, read_boxes
 
+    _set_threads(args.threads)
+    images = list_images(args.images)
+    if args.box is not None and len(images) != 1:
+        raise UsageError(f"--box gives the faces of one image, got {len(images)} images; use --boxes FILE")
+    boxes = ([args.box] if args.box else
+             boxes_for(images, read_boxes(args.boxes), args.boxes) if args.boxes else [None] * len(images))
+    truth = _truth_for(images, args.truth)
     device = _device(args.device)
-    model, config = model_from_checkpoint(args.checkpoint, device)
-    results, visibility, scales, drawn = {}, {}, {}, []
-    for path in args.images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image {path!r} does not exist")
-        image = load_image(path)
-        height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
-        size = config.image_size
-        resized = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            out = model(resized.to(device), return_details=True)
-        # Crop pixels (centres at integers) back to image pixels.
-        scale = torch.tensor([width / size, height / size])
-        points = (out.landmarks[0].cpu() + 0.5) * scale - 0.5
-        results[str(path)] = points.tolist()
-        visible = None
-        if out.visibility_logits is not None:
-            visible = torch.sigmoid(out.visibility_logits[0].float()).cpu()
-            visibility[str(path)] = visible.tolist()
-        if out.log_scale is not None:
-            scales[str(path)] = (out.log_scale[0].float().exp().cpu() * scale).tolist()
-        occluded = None if visible is None else visible.numpy() < 0.5
-        drawn.append((image, points.numpy(), occluded, Path(path).stem))
-    document = {"scheme": config.scheme_name, "landmarks": results}
-    if visibility:
-        document["visibility"] = visibility
-    if scales:
-        document["scale"] = scales
-    text = json.dumps(document, indent=1)
+    if args.min_score is not None and not args.detector:
+        raise UsageError("--min-score filters a --detector's faces; give one")
+    predictor = LandmarkPredictor.from_checkpoint(args.checkpoint, device, detector=args.detector,
+                                                  min_score=args.min_score, batch_size=args.batch_size)
+    draw = args.draw if args.draw and _pyplot() is not None else None
+    if draw:
+        Path(draw).mkdir(parents=True, exist_ok=True)
+    sizes: list[tuple[int, int]] = []
+
+    def loaded():
+        for path, image_boxes in zip(images, boxes, strict=True):
+            image = load_image(path, exif_orientation=True)
+            sizes.append(image.shape[:2])
+            yield image, image_boxes
+
+    results, count, names = [], 0, _drawing_names(images)
+    for index, faces in enumerate(predictor.predict_many(loaded())):
+        path, (height, width) = images[index], sizes[index]
+        for number, face in enumerate(faces):
+            if not np.isfinite(face.landmarks).all():  # JSON has no NaN, and a user must hear of it
+                raise ValueError(f"the model returned non-finite landmarks for face {number} of {path}")
+        results.append({"path": str(path), "width": width, "height": height,
+                        "faces": [face.to_dict() for face in faces]})
+        count += len(faces)
+        if draw:  # the image is read again rather than kept for the whole batch
+            save_face_drawing(Path(draw) / names[index], load_image(path, exif_orientation=True), faces,
+                              predictor.scheme, truth[index])
+    text = json.dumps({"scheme": predictor.scheme.name, "num_landmarks": predictor.scheme.num_points,
+                       "detector": args.detector, "images": results}, indent=1)
     if args.output:
         Path(args.output).write_text(text)
     else:
         print(text)
-    if args.draw:
-        plt = _pyplot()
-        if plt is not None:
-            out = Path(args.draw)
-            out.mkdir(parents=True, exist_ok=True)
-            for image, points, occluded, stem in drawn:
-                fig, ax = plt.subplots(figsize=(4, 4))
-                ax.imshow(image)
-                seen = slice(None) if occluded is None else ~occluded
-                ax.scatter(points[seen, 0], points[seen, 1], s=6, c="lime")
-                if occluded is not None and occluded.any():
-                    ax.scatter(points[occluded, 0], points[occluded, 1], s=14, c="red", marker="x",
-                               linewidths=1, label="judged occluded")
-                    ax.legend(fontsize=6, loc="lower left")
-                ax.axis("off")
-                fig.savefig(out / f"{stem}_landmarks.png", dpi=100, bbox_inches="tight")
-                plt.close(fig)
-            print(f"drawings in {out}", file=sys.stderr)
+    print(f"{count} faces in {len(images)} images" + (f"; drawings in {draw}" if draw else ""),
+          file=sys.stderr)
     return 0
 
 
@@ -310,13 +385,17 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(args: argparse.Namespace, head: str):
-    """The demo's training run for one head: a small CNN, Soft Wing, Adam with a cosine schedule."""
+    """The demo's training run for one head: a small CNN, Soft Wing, Adam with a cosine schedule.
+
+    The demo compares the heads alone, so it keeps the relative location loss off
+    (``relative_weight=0``; ``train`` defaults to the paper's 1).
+    """
     from .training import TrainConfig
 
     return TrainConfig(
         scheme=args.scheme, image_size=args.image_size, train_size=args.train_size,
         test_size=args.test_size, backbone="small", backbone_width=24, head=head,
-        hidden_features=64, num_blocks=2, head_channels=128, loss="softwing", lr=2e-3,
+        hidden_features=64, num_blocks=2, head_channels=128, loss="softwing", relative_weight=0.0, lr=2e-3,
         epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, seed=args.seed,
         eval_every=1, progress=True,
     )

@@ -74,10 +74,14 @@ class DynamicAdjacency(nn.Module):
         self.reset_edge_parameters()
 
     def reset_edge_parameters(self) -> None:
-        """(Re)build the output layer for the table's current ``(N, K)``, zero so weights start uniform."""
+        """(Re)build the output layer for the table's current ``(N, K)``, zero so weights start uniform.
+
+        The new layer takes the dtype and device of the hidden layer, so that it follows an
+        earlier ``.double()``, ``.half()`` or ``.to(device)`` of the module.
+        """
         n, k = self.table.num_nodes, self.table.max_degree
-        device = self.table.index.device
-        self.logits = nn.Linear(self.hidden_features, n * k, device=device)
+        weight = self.hidden.weight  # a lazy layer's weight has its dtype and device too
+        self.logits = nn.Linear(self.hidden_features, n * k, device=weight.device, dtype=weight.dtype)
         nn.init.zeros_(self.logits.weight)
         nn.init.zeros_(self.logits.bias)
 

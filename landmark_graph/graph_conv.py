@@ -81,10 +81,15 @@ class GraphConv(nn.Module):
         self.reset_edge_parameters()
 
     def reset_edge_parameters(self) -> None:
-        """(Re)create the learned logits for the table's current ``(N, K)``, zero (uniform weights)."""
+        """(Re)create the learned logits for the table's current ``(N, K)``, zero (uniform weights).
+
+        They take the dtype and device of the layer's weight, so that they follow an earlier
+        ``.double()``, ``.half()`` or ``.to(device)`` of the module.
+        """
         if self.learn_edge_weights:
             shape = (self.table.num_nodes, self.table.max_degree)
-            self.edge_logits = nn.Parameter(torch.zeros(shape, device=self.table.index.device))
+            weight = self.linear.weight  # a lazy layer's weight has its dtype and device too
+            self.edge_logits = nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
 
     def own_edge_logits(self) -> Tensor:
         """``Tensor[N, K]``: the learned (static) logits of this layer, or zeros (binary)."""

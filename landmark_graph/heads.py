@@ -237,7 +237,10 @@ class LGRLHead(nn.Module):
         """Use another neighbourhood: a mask ``(N, N)`` or training landmarks ``(M, N, 2)``.
 
         The edge-weight parameters (dynamic output layer, static logits) are re-initialised,
-        since their slots index the old neighbours; everything else is kept.
+        since their slots index the old neighbours; everything else is kept. The new parameters
+        take the module's current dtype and device. They are new ``Parameter`` objects: an
+        optimizer built before this call still holds the old ones, so build it again (with its
+        state, e.g. Adam's moments, starting afresh).
         """
         self.table.set_adjacency(_resolve_adjacency(adjacency, self.num_landmarks, self.k))
         for module in self.modules():

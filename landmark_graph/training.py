@@ -3,8 +3,11 @@
 A run is described by one :class:`TrainConfig`; :func:`train` builds the data sets, the model
 (backbone + head, :func:`build_model`), the loss (:class:`LandmarkCriterion`), the optimiser and
 the learning-rate schedule, trains, evaluates every ``eval_every`` epochs, writes a JSON line
-per epoch to ``out_dir/log.jsonl`` and checkpoints ``out_dir/last.pt`` / ``best.pt`` with the
-configuration embedded. ``resume`` continues a run from a checkpoint.
+per epoch to ``out_dir/log.jsonl`` and checkpoints ``out_dir/last.pt`` / ``best.pt`` (the best
+evaluated epoch) with the configuration embedded, each file replaced atomically. ``resume``
+continues a run from a checkpoint: every random stream of an epoch derives from ``(seed,
+epoch)``, so on CPU a run killed mid-epoch and resumed ends with the same weights as one never
+interrupted.
 
 The same code runs under ``torchrun``: when ``WORLD_SIZE > 1`` it joins the process group
 (``nccl`` on GPU, ``gloo`` on CPU), wraps the model in ``DistributedDataParallel`` (optionally
@@ -23,13 +26,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import functional as LF
+from ._checkpoint_io import CheckpointError, read_torch_file, replacing, save_atomic
 from .adjacency import build_correlation_adjacency, index_order_adjacency
 from .backbones import SmallCNN, build_backbone
 from .heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
@@ -71,18 +76,22 @@ REFERENCE_SIZE = 256  # loss parameters (Soft Wing's omega in pixels) assume a 2
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (also stored in each checkpoint).
+    r"""Everything that defines a training run (also stored in each checkpoint).
 
     Data: ``dataset`` is ``"synthetic"`` or a real set (``"wflw"``, ``"300w"``, ``"cofw"``) read
     from ``data_root``; ``scheme`` defaults to the data set's; ``train_size``, ``test_size`` and
-    ``occlusion`` (share of occluded training images) apply to synthetic data.
-    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`; ``"small"``:
-    :class:`~landmark_graph.backbones.SmallCNN` of ``backbone_width`` and ``backbone_depth``), ``head``
+    ``occlusion`` (share of occluded training images) apply to synthetic data; ``one_based``
+    subtracts 1 from 300W ``.pts`` and COFW coordinates (MATLAB's pixels counted from 1; WFLW
+    and synthetic data are 0-based and ignore it); ``augment`` is the strength of the training
+    augmentation of a real set (1: the paper's ranges, 0: none;
+    :meth:`~landmark_graph.data.Augmentation.scaled`; synthetic faces are not augmented).
+    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`), ``head``
     (``"lgrl"`` or ``"fc"``) and its options; ``adjacency`` is ``"correlation"`` (eq. 1-2 on the
     training landmarks), ``"scheme"`` (the scheme's default) or ``"index"`` (index order).
     Loss: ``loss`` (``"l1"``, ``"wing"``, ``"softwing"``) plus ``relative_weight`` times the
-    relative location loss (0 disables it). Optimisation: ``optimizer``, ``lr``, ``schedule``
-    (``"constant"``, ``"step"``: times ``gamma`` every ``step_epochs``, ``"cosine"``).
+    relative location loss (the paper's :math:`\lambda = 1`; 0 disables it). Optimisation:
+    ``optimizer``, ``lr``, ``schedule`` (``"constant"``, ``"step"``: times ``gamma`` every
+    ``step_epochs``, ``"cosine"``).
     Occlusion-aware head (``LGRLHead`` options, off by default): ``embedding``
     (``"map_to_node"`` or ``"attention"``), ``visibility``, ``uncertainty``, ``gate_edges``; their
     losses, each added to the landmark loss times its weight: ``attention_weight`` (the attention
@@ -101,6 +110,8 @@ class TrainConfig:
     train_size: int = 2000
     test_size: int = 200
     occlusion: float = 0.5
+    one_based: bool = False
+    augment: float = 1.0
     backbone: str = "small"
     backbone_width: int = 32
     backbone_depth: int = 4
@@ -118,7 +129,7 @@ class TrainConfig:
     uncertainty: bool = False
     gate_edges: bool = False
     loss: str = "softwing"
-    relative_weight: float = 0.0
+    relative_weight: float = 1.0
     attention_weight: float = 10.0
     visibility_weight: float = 1.0
     uncertainty_weight: float = 1.0
@@ -156,10 +167,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be a positive int or None, got {self.steps_per_epoch!r}")
-        if not (self.lr > 0 and self.relative_weight >= 0 and 0 <= self.occlusion <= 1):
+        if not (self.lr > 0 and self.relative_weight >= 0 and 0 <= self.occlusion <= 1
+                and 0 <= self.augment < math.inf):
             raise ValueError(
-                "lr must be > 0, relative_weight >= 0 and occlusion in [0, 1], got "
-                f"lr={self.lr!r}, relative_weight={self.relative_weight!r}, occlusion={self.occlusion!r}"
+                "lr must be > 0, relative_weight >= 0, occlusion in [0, 1] and augment >= 0, got "
+                f"lr={self.lr!r}, relative_weight={self.relative_weight!r}, occlusion={self.occlusion!r}, "
+                f"augment={self.augment!r}"
             )
         if self.dataset != "synthetic" and self.data_root is None:
             raise ValueError(f"data_root is required for dataset {self.dataset!r}")
@@ -239,39 +252,44 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
-def _wflw_records(root: Path, split: str) -> list:
+def _wflw_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_wflw
 
     images = root / "WFLW_images"
     return read_wflw(_one(root, f"list_98pt_rect_attr_{split}.txt"), images if images.is_dir() else None)
 
 
-def _300w_records(root: Path, split: str) -> list:
+def _300w_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_300w
 
     folder = root / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"300W needs the folder {str(folder)!r} with .pts files and their images")
-    return read_300w(folder)
+        raise FileNotFoundError(f"300W needs the folder {str(folder)!r} with .pts (or .ljson) files and "
+                                "their images")
+    return read_300w(folder, one_based=config.one_based)
 
 
-def _cofw_records(root: Path, split: str) -> list:
+def _cofw_records(root: Path, split: str, config: TrainConfig) -> list:
     from .data import read_cofw
 
-    return read_cofw(_one(root, f"COFW_{split}*.mat"), split)
+    return read_cofw(_one(root, f"COFW_{split}*.mat"), split, one_based=config.one_based)
 
 
-def _real(read: Callable[[Path, str], list]) -> Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]:
-    """Builder for a data set on disk: ``read(root, split)`` gives the records of a split."""
+def _real(
+    read: Callable[[Path, str, TrainConfig], list],
+) -> Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]:
+    """Builder for a data set on disk: ``read(root, split, config)`` gives the records of a split."""
 
     def build(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
-        from .data import LandmarkDataset
+        from .data import Augmentation, LandmarkDataset
 
         root = Path(config.data_root)
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {str(root)!r} is not a folder")
+        augmentation = Augmentation().scaled(config.augment)
         make = lambda split, train: LandmarkDataset(  # noqa: E731
-            read(root, split), config.scheme_name, config.image_size, train, seed=config.seed)
+            read(root, split, config), config.scheme_name, config.image_size, train and config.augment > 0,
+            augmentation=augmentation, seed=config.seed)
         return make("train", True), {"test": make("test", False)}
 
     return build
@@ -400,6 +418,14 @@ ADJACENCIES: dict[str, Callable[[Any, int, Tensor | None], Tensor]] = {
 }
 
 
+def _scheme_adjacency_works(scheme, k: int) -> bool:
+    try:
+        scheme.adjacency(k)
+    except ValueError:
+        return False
+    return True
+
+
 def build_model(config: TrainConfig, landmarks: Tensor | None = None) -> LandmarkModel:
     """The model a config describes, with lazy layers materialised (ready for DDP and optimisers).
 
@@ -415,7 +441,15 @@ def build_model(config: TrainConfig, landmarks: Tensor | None = None) -> Landmar
         channels = backbone.out_channels
     else:
         backbone, channels = build_backbone(config.backbone, config.pretrained)
-    adjacency = ADJACENCIES[config.adjacency](scheme, config.k, landmarks)
+    try:
+        adjacency = ADJACENCIES[config.adjacency](scheme, config.k, landmarks)
+    except ValueError as error:
+        if config.adjacency != "correlation" or not _scheme_adjacency_works(scheme, config.k):
+            raise
+        raise ValueError(
+            f"the correlation adjacency cannot be built from {len(landmarks)} training shapes: {error}; "
+            "adjacency='scheme' (CLI: --adjacency scheme) uses the scheme's own neighbourhood instead"
+        ) from error
     head = HEADS[config.head](config, channels, adjacency)
     if landmarks is not None:
         mean = landmarks.float().mean(0)
@@ -538,10 +572,6 @@ SCHEDULES: dict[str, Callable[[int, int, int, TrainConfig], float]] = {
 # Checkpoints.
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used with the requested configuration."""
-
-
 def _model_signature(config: TrainConfig) -> dict[str, Any]:
     return {key: getattr(config, key) for key in MODEL_KEYS}
 
@@ -555,14 +585,17 @@ def check_compatible(saved: TrainConfig, wanted: TrainConfig, path: str | os.Pat
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`train`; its ``"config"`` becomes a :class:`TrainConfig`."""
+    """Read a checkpoint written by :func:`train`; its ``"config"`` becomes a :class:`TrainConfig`.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``): such a checkpoint
+    runs no code from the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a checkpoint of :func:`train`, or unreadable (one line saying why).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # any unpickling failure means "not one of ours"
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
+    state = read_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by landmark-graph train")
     state["config"] = TrainConfig.from_dict(state["config"])
@@ -613,6 +646,13 @@ class _PlainProgress:
 
     def set_postfix_str(self, text: str) -> None:
         self.postfix = text
+
+    @contextlib.contextmanager
+    def external_write_mode(self) -> Iterator[None]:
+        """tqdm's interface for printing beside a bar; here each line is flushed in order."""
+        sys.stderr.flush()
+        yield
+        sys.stdout.flush()
 
     def close(self) -> None:
         pass
@@ -685,10 +725,32 @@ def _distributed_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
 
 
 def _loader(dataset: Dataset, config: TrainConfig, sampler=None, shuffle: bool = False) -> DataLoader:
+    # Workers are not kept between epochs: a persistent worker holds the data set as it was at
+    # the first epoch and would miss set_epoch (and a resumed run's starting epoch).
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(dataset, config.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=config.workers, drop_last=shuffle, generator=generator,
-                      persistent_workers=config.workers > 0)
+                      num_workers=config.workers, drop_last=shuffle, generator=generator)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s random streams: a function of ``(seed, epoch)`` alone (``seed`` for
+    epoch 0), so a run resumed at the start of an epoch draws what an uninterrupted run draws."""
+    return seed + (epoch << 32)
+
+
+def _batches(loader: DataLoader, count: int) -> Iterator[Any]:
+    """``count`` batches from ``loader``, starting another pass whenever one ends."""
+    done = 0
+    while done < count:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            done += 1
+            if done == count:
+                return
+        if empty:  # an empty pass would otherwise restart forever
+            raise ValueError("the training loader gives no batch")
 
 
 def train(
@@ -704,7 +766,8 @@ def train(
         config: the run.
         train_set, test_sets: prebuilt data sets (for example cached in memory to share
             between runs); default: built from ``config``.
-        log: called with a one-line summary per evaluation (rank 0 only); default: nothing.
+        log: called with one line naming ``out_dir`` and one summary line per evaluation (rank 0
+            only); default: nothing.
 
     Returns:
         ``{"model", "config", "metrics" (last evaluation, per test set), "history" (one dict
@@ -742,10 +805,11 @@ def train(
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, world, rank, seed=config.seed)
                if world > 1 else None)
     loader = _loader(train_set, config, sampler, shuffle=True)
+    if len(loader) < 1:  # the partial batch is dropped: nothing would be left to train on
+        shard = f", {len(sampler)} per process" if sampler is not None else ""
+        raise ValueError(f"the training set ({len(train_set)} samples{shard}) is smaller than "
+                         f"batch_size={config.batch_size}: lower batch_size (--batch-size) or add samples")
     per_epoch = config.steps_per_epoch or len(loader)
-    if per_epoch < 1:
-        raise ValueError(
-            f"the training set ({len(train_set)} samples) is smaller than batch_size={config.batch_size}")
     total = per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: SCHEDULES[config.schedule](s, total, per_epoch, config))
@@ -759,23 +823,25 @@ def train(
     out = Path(config.out_dir) if config.out_dir else None
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    # The occluders of consistency training: their own stream, so the data's stay as they are.
-    occluders = (np.random.default_rng([config.seed, 1 + start_epoch])
-                 if config.consistency_weight > 0 else None)
+        if log is not None:
+            log(f"checkpoints and log.jsonl go to {out}")
     started, metrics, checkpoint = time.perf_counter(), {}, None
     bar = _progress(total - start_epoch * per_epoch, f"train {config.head}", config.progress and rank == 0)
     for epoch in range(start_epoch, config.epochs):
-        for reseeded in (sampler, train_set):  # new shuffle and augmentation streams each epoch
+        # Every random stream of the epoch restarts from (seed, epoch): the shuffle, the
+        # augmentation, torch's global generator (whatever a data set draws from it).
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        loader.generator.manual_seed(_epoch_seed(config.seed, epoch))
+        for reseeded in (sampler, train_set):
             if callable(getattr(reseeded, "set_epoch", None)):
                 reseeded.set_epoch(epoch)
         net.train()
-        losses, step, batches = [], 0, iter(loader)
-        while step < per_epoch:
-            try:
-                batch = next(batches)
-            except StopIteration:  # steps_per_epoch longer than one pass: start another
-                batches = iter(loader)
-                continue
+        losses = []
+        # The occluders of consistency training: their own stream per epoch, so the data's stay
+        # as they are and a resumed run pastes the same ones.
+        occluders = (np.random.default_rng([config.seed, 1, epoch])
+                     if config.consistency_weight > 0 else None)
+        for batch in _batches(loader, per_epoch):
             if occluders is not None:
                 batch = _with_pasted_occluders(batch, occluders)
             batch = _to(batch, device)
@@ -785,26 +851,27 @@ def train(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            step += 1
-            bar.update(1)
             bar.set_postfix_str(f"loss {losses[-1]:.3f}")
+            bar.update(1)
         record = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch, "lr": scheduler.get_last_lr()[0],
                   "train_loss": sum(losses) / len(losses), "seconds": round(time.perf_counter() - started, 2)}
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        if evaluated:
             metrics = {name: evaluate(model, tl, scheme, device) for name, tl in test_loaders.items()}
             record["eval"] = metrics
         history.append(record)
         if rank == 0:
-            if log is not None and "eval" in record:
-                log(f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} " + " ".join(
-                    f"{name}: NME {m['nme']:.4f}" for name, m in metrics.items()))
+            if log is not None and evaluated:
+                with bar.external_write_mode():  # the line must not land inside the bar
+                    log(f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} " + " ".join(
+                        f"{name}: NME {m['nme']:.4f}" for name, m in metrics.items()))
             if out is not None:
-                score = next(iter(metrics.values()))["nme"] if metrics else math.inf
-                best = min(best, score)
+                # Only a model that was just evaluated, and beats every earlier one, is the best.
+                score = next(iter(metrics.values()))["nme"] if evaluated and metrics else math.nan
+                improved = score < best
+                best = score if improved else best
                 checkpoint = _save(out, model, optimizer, scheduler, config, epoch + 1, history, best,
-                                   is_best=score <= best)
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                                   is_best=improved)
     bar.close()
     if created:
         dist.barrier()
@@ -853,10 +920,17 @@ def batch_loss(net: nn.Module, criterion: LandmarkCriterion, batch: Mapping[str,
 
 
 def _save(out: Path, model, optimizer, scheduler, config, epoch, history, best, is_best) -> str:
+    """Write ``last.pt`` (and ``best.pt``), then ``log.jsonl`` from the history they hold.
+
+    Each file is replaced atomically, so a run killed at any moment leaves the previous complete
+    checkpoint; the log is rewritten whole, so after a resume it matches the checkpoint's history.
+    """
     state = {"config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best}
     last = out / "last.pt"
-    torch.save(state, last)
+    save_atomic(state, last)
     if is_best:
-        torch.save(state, out / "best.pt")
+        save_atomic(state, out / "best.pt")
+    with replacing(out / "log.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
     return str(last)

@@ -1,14 +1,24 @@
 """The landmark-graph command: train / evaluate / predict / demo and its error contract."""
 
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from landmark_graph import cli
-from landmark_graph.training import load_checkpoint
+from landmark_graph.backbones import build_backbone, torchvision_install_command
+from landmark_graph.data import LandmarkDataset
+from landmark_graph.training import DATASETS, TrainConfig, load_checkpoint
 
 TINY = ["--scheme", "cofw29", "--image-size", "32", "--train-size", "16", "--test-size", "4",
         "--backbone-width", "8", "--hidden-features", "16", "--num-blocks", "1", "--head-channels", "16",
@@ -30,6 +40,8 @@ def _error_line(capsys) -> str:
     (["train", "--dataset", "cofw", "--data-root", "/no/such/folder"], "is not a folder"),
     (["train", "--backbone", "vgg11"], "backbone must be one of"),
     (["evaluate", "/no/such.pt"], "does not exist"),
+    (["evaluate", "/no/such.pt", "--threads", "0"], "--threads must be >= 1"),
+    (["train", *TINY, "--train-size", "1"], "CLI: --adjacency scheme"),  # one shape cannot correlate
     (["demo", "--steps", "0"], "--steps must be >= 1"),
     ([], "required: COMMAND"),
 ])
@@ -94,7 +106,7 @@ def test_train_resume_evaluate_predict(tmp_path, capsys):
     assert "predicts scheme 'cofw29'" in _error_line(capsys)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert cli.main(["evaluate", str(tmp_path / "junk.pt")]) == 2
-    assert "cannot be read" in _error_line(capsys)
+    assert "is not a checkpoint" in _error_line(capsys)
 
     # Evaluate reproduces the logged metrics of the same test sets.
     metrics_file = tmp_path / "metrics.json"
@@ -114,7 +126,7 @@ def test_train_resume_evaluate_predict(tmp_path, capsys):
     assert cli.main(["predict", str(out / "last.pt"), str(image_path), "--output", str(output),
                      "--draw", str(tmp_path / "drawn")]) == 0
     result = json.loads(output.read_text())
-    points = np.array(result["landmarks"][str(image_path)])
+    points = np.array(result["images"][0]["faces"][0]["landmarks"])
     assert result["scheme"] == "cofw29" and points.shape == (29, 2)
     assert np.all((points > -32) & (points < 96))  # a 64-pixel image, not the 32-pixel crop
     assert (tmp_path / "drawn" / "face_landmarks.png").is_file()
@@ -142,3 +154,127 @@ def test_train_config_options_cover_the_dataclass():
     args = parser.parse_args(["train", "--relative-weight", "1", "--edge-weights", "static"])
     config = cli._config_from_args(args)
     assert config.relative_weight == 1.0 and config.edge_weights == "static"
+
+
+def test_train_help_states_each_default_once():
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {action.dest: action.help or "" for action in train._actions}
+    doubled = {dest: text for dest, text in helps.items() if text.count("(default:") > 1}
+    assert not doubled
+    assert "paper's is 1" in helps["relative_weight"] and "(default: 1.0)" in helps["relative_weight"]
+    assert "0 turns it off" in helps["augment"]
+
+
+def test_relative_weight_defaults_to_the_paper_and_the_demo_keeps_it_off():
+    assert TrainConfig().relative_weight == 1.0
+    assert cli._config_from_args(cli.build_parser().parse_args(["train"])).relative_weight == 1.0
+    demo = cli.build_parser().parse_args(["demo"])
+    assert {cli.demo_config(demo, head).relative_weight for head in ("lgrl", "fc")} == {0.0}
+
+
+@pytest.mark.slow
+def test_train_writes_to_a_default_out_dir_and_says_where(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--epochs", "1"]) == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "last.pt").is_file()
+    assert f"checkpoints and log.jsonl go to {Path('runs') / runs[0].name}" in capsys.readouterr().out
+    # Resuming writes next to the checkpoint, not into a new folder.
+    assert cli.main(["train", *TINY, "--epochs", "2", "--resume", str(runs[0] / "last.pt")]) == 0
+    assert list((tmp_path / "runs").iterdir()) == runs and load_checkpoint(runs[0] / "last.pt")["epoch"] == 2
+
+
+def _write_300w(root: Path, count: int = 4) -> None:
+    """A 300W-style folder pair of synthetic faces: PNG images with their .pts beside them."""
+    from PIL import Image
+
+    from landmark_graph.data.synthetic import synthesize_face
+
+    for split, seed in (("train", 0), ("test", 1)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            face = synthesize_face("300w68", seed, i, image_size=64)
+            pixels = (face["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(root / split / f"{i}.png")
+            points = "\n".join(f"{x:.3f} {y:.3f}" for x, y in face["landmarks"].tolist())
+            (root / split / f"{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{points}\n}}\n")
+
+
+def test_augment_sets_the_training_augmentation_strength(tmp_path):
+    pytest.importorskip("PIL")
+    _write_300w(tmp_path)
+
+    def train_items(strength: float, epoch: int) -> list[dict]:
+        config = TrainConfig(dataset="300w", data_root=str(tmp_path), image_size=32, augment=strength)
+        train_set, _ = DATASETS["300w"].build(config)
+        train_set.set_epoch(epoch)
+        plain = LandmarkDataset(train_set.records, "300w68", 32)  # the deterministic test crop
+        return [(train_set[i], plain[i]) for i in range(len(train_set))]
+
+    for epoch in (0, 1):  # off: every epoch sees the plain crops
+        for item, plain in train_items(0.0, epoch):
+            assert torch.equal(item["image"], plain["image"])
+            assert torch.equal(item["landmarks"], plain["landmarks"])
+    augmented = train_items(1.0, 0)
+    assert not any(torch.equal(item["image"], plain["image"]) for item, plain in augmented)
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment=-1.0)
+
+
+def _terminal_output(argv: list[str], tqdm: bool) -> str:
+    """What a terminal shows of ``landmark-graph ARGV``: stdout and stderr on one pty."""
+    prelude = "" if tqdm else "import sys; sys.modules['tqdm'] = sys.modules['tqdm.auto'] = None; "
+    code = prelude + f"from landmark_graph.cli import main; raise SystemExit(main({argv!r}))"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tqdm", [True, False], ids=["tqdm", "plain"])
+def test_log_lines_start_on_their_own_line_beside_the_progress_bar(tmp_path, tqdm):
+    if tqdm:
+        pytest.importorskip("tqdm")
+    argv = ["train", *[a for a in TINY if a != "--no-progress"], "--epochs", "3", "--steps-per-epoch", "4",
+            "--out-dir", str(tmp_path)]
+    shown = _terminal_output(argv, tqdm)
+    starts = [m.start() for m in re.finditer(r"epoch \d/3 loss", shown)]
+    assert len(starts) == 3, shown
+    for start in starts:  # a carriage return or a new line right before: not glued to the bar
+        assert shown[start - 1] in "\r\n", repr(shown[max(0, start - 80):start + 20])
+
+
+def test_a_torchvision_built_for_another_torch_gives_the_install_command(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    command = torchvision_install_command()
+    with pytest.raises(ImportError, match="does not import beside torch") as caught:
+        build_backbone("resnet18")
+    assert command in str(caught.value) and "torchvision::nms" in str(caught.value)
+    assert cli.main(["train", "--backbone", "resnet18", "--no-progress"]) == 2
+    assert command in _error_line(capsys)
+
+
+def test_torchvision_install_command_pairs_the_releases():
+    assert torchvision_install_command("2.13.0+cpu") == (
+        "python -m pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu")
+    assert torchvision_install_command("2.7.1+cu126").startswith("python -m pip install torchvision==0.22.1 ")
+    assert torchvision_install_command("2.13.0") == "python -m pip install torchvision==0.28.0"
+    assert "torch 1.13.1" in torchvision_install_command("1.13.1")

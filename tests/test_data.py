@@ -1,4 +1,6 @@
 import importlib.util
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from landmark_graph.data import (
     procrustes_align,
     read_300w,
     read_cofw,
+    read_ljson,
     read_pts,
     read_wflw,
     transform_points,
@@ -27,6 +30,7 @@ from landmark_graph.data import (
 from landmark_graph.schemes import get_scheme
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow writes the fixture images")
+PIL_features = pytest.importorskip("PIL.features")
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 
 
@@ -147,10 +151,231 @@ def test_read_300w_errors(tmp_path):
     with pytest.raises(AnnotationError, match="expected 29 points, got 68"):
         read_300w(pts, num_points=29)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no \.pts files"):
+    with pytest.raises(FileNotFoundError, match=r"no \.pts or \.ljson files"):
         read_300w(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_300w(tmp_path / "missing")
+
+
+# --- image formats, record checks, 1-based coordinates, menpo .ljson ----------------------------------
+
+@pytest.mark.parametrize("suffix", [".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".Png", ".Jpg"])
+def test_read_300w_finds_images_in_any_format_pillow_opens(tmp_path, suffix):
+    if suffix == ".webp" and not PIL_features.check("webp"):
+        pytest.skip("this Pillow has no WebP support")
+    _write_pts(tmp_path / "face.pts", _face("300w68", np.random.default_rng(11)))
+    _write_image(tmp_path / f"face{suffix}", shape=(180, 200) if suffix == ".pgm" else (180, 200, 3))
+    (tmp_path / "face.txt").write_text("not an image")
+    [record] = read_300w(tmp_path)
+    assert record.image_path.name == f"face{suffix}"
+    image = load_image(record.image_path)
+    assert image.shape == (180, 200, 3) and image.dtype == np.uint8 and abs(int(image[5, 5, 0]) - 128) <= 2
+
+
+def test_read_300w_prefers_the_common_formats(tmp_path):
+    _write_pts(tmp_path / "face.pts", _face("300w68", np.random.default_rng(12)))
+    for suffix in (".tif", ".png", ".webp"):
+        _write_image(tmp_path / f"face{suffix}")
+    assert read_300w(tmp_path)[0].image_path.name == "face.png"
+
+
+def test_read_300w_without_pillow_looks_for_the_listed_formats(tmp_path, monkeypatch):
+    pts = _face("300w68", np.random.default_rng(19))
+    for stem, suffix in (("a", ".ppm"), ("b", ".tga")):
+        _write_pts(tmp_path / f"{stem}.pts", pts)
+        _write_image(tmp_path / f"{stem}{suffix}")
+    assert [r.image_path.name for r in read_300w(tmp_path)] == ["a.ppm", "b.tga"]  # TGA: from Pillow
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now fails
+    assert read_300w(tmp_path / "a.pts")[0].image_path.name == "a.ppm"
+    with pytest.raises(AnnotationError, match=r"b\.pts: no image beside it"):
+        read_300w(tmp_path / "b.pts")
+
+
+def test_load_image_scales_16_bit_and_float_images(tmp_path):
+    ramp = np.array([[0, 257, 32896, 65535]], np.uint16)  # 8-bit values 0, 1, 128, 255
+    PIL.fromarray(ramp).save(tmp_path / "gray16.png")
+    PIL.fromarray(ramp).save(tmp_path / "gray16.tif")
+    (tmp_path / "gray16.pgm").write_bytes(b"P5\n4 1\n65535\n" + ramp.astype(">u2").tobytes())
+    PIL.fromarray(np.array([[0, 1 / 255, 0.5, 1]], np.float32)).save(tmp_path / "float32.tif")
+    modes = {}
+    for name in ("gray16.png", "gray16.tif", "gray16.pgm", "float32.tif"):
+        with PIL.open(tmp_path / name) as opened:
+            modes[name] = opened.mode
+        image = load_image(tmp_path / name)
+        assert image.shape == (1, 4, 3) and image.dtype == np.uint8
+        assert image[0, :, 0].tolist() == [0, 1, 128, 255] and (image == image[..., :1]).all(), name
+    # Every deep mode Pillow uses for these files is covered.
+    assert set(modes.values()) == {"I;16", "I", "F"}, modes
+
+    PIL.fromarray(np.array([[0.0, 2.0]], np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(AnnotationError, match=r"hdr\.tif: 'F' image with values in \[0\.0, 2\.0\]"):
+        load_image(tmp_path / "hdr.tif")
+    PIL.fromarray(np.array([[0, 100000]], np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(AnnotationError, match=r"int32\.tif: 'I' image .* only 0\.\.65535"):
+        load_image(tmp_path / "int32.tif")
+
+
+def test_face_record_built_in_python_names_its_image():
+    pts = np.zeros((68, 2))
+    pts[5] = np.nan
+    with pytest.raises(AnnotationError, match=r"^face\.jpg: landmark 5 is \(nan, nan\), not finite$"):
+        FaceRecord(pts, image_path="face.jpg")
+    with pytest.raises(AnnotationError, match=r"^face\.jpg: bbox must be 4 finite numbers"):
+        FaceRecord(np.zeros((68, 2)), image_path="face.jpg", bbox=[0, 0, np.nan, 10])
+    with pytest.raises(AnnotationError, match=r"occluded must have shape \(68,\)"):
+        FaceRecord(np.zeros((68, 2)), image_path="face.jpg", occluded=np.zeros(29, bool))
+    with pytest.raises(AnnotationError, match=r"^FaceRecord: landmarks must have shape \(N, 2\)"):
+        FaceRecord(np.zeros((68, 3)))
+    with pytest.raises(AnnotationError, match=r"landmark 2 at \(400, 5\) lies more than one image size"):
+        FaceRecord(np.array([[1.0, 1.0], [2.0, 2.0], [400.0, 5.0]]), image=np.zeros((100, 120), np.uint8))
+    record = FaceRecord([[1, 2], [3, 4]], image_path="face.jpg")  # lists and str paths are converted
+    assert record.landmarks.dtype == np.float64 and record.image_path.name == "face.jpg"
+
+
+def test_dataset_names_the_index_of_a_bad_record(tmp_path):
+    rng = np.random.default_rng(13)
+    good = FaceRecord(_face("300w68", rng), image=np.zeros((180, 200), np.uint8))
+    _write_image(tmp_path / "b.png", shape=(150, 150, 3))
+    edited = FaceRecord(_face("300w68", rng, size=40, centre=(75, 75)), image_path=tmp_path / "b.png")
+    edited.landmarks[7] = np.nan  # edited after it was built
+    with pytest.raises(AnnotationError, match=r"records\[1\] \(.*b\.png\): landmark 7 is \(nan, nan\)"):
+        LandmarkDataset([good, edited], "300w68")
+    # Far outside: only the image, read with the item, tells.
+    far = FaceRecord(_face("300w68", rng, size=40, centre=(75, 75)), image_path=tmp_path / "b.png")
+    far.landmarks[3] = (5000, 30)
+    data = LandmarkDataset([good, far], "300w68", image_size=32)
+    assert data[0]["landmarks"].shape == (68, 2)
+    message = r"records\[1\] \(.*b\.png\): landmark 3 at \(5000, 30\) lies more than one image size outside"
+    with pytest.raises(AnnotationError, match=message):
+        data[1]
+
+
+def test_read_300w_rejects_a_landmark_far_outside_its_image_and_keeps_those_slightly_outside(tmp_path):
+    pts = _face("300w68", np.random.default_rng(14))  # around (100, 90) on a 200 x 180 image
+    pts[8] = (100, 180 + 30)  # a chin below the image, as in 300W
+    pts[0] = (-25, 80)
+    _write_pts(tmp_path / "face.pts", pts)
+    _write_image(tmp_path / "face.png")
+    np.testing.assert_allclose(read_300w(tmp_path)[0].landmarks, pts, atol=1e-3)
+    pts[30] = (5000, 30)
+    _write_pts(tmp_path / "face.pts", pts)
+    with pytest.raises(AnnotationError, match=r"landmark 30 at \(5000, 30\) lies more than one image size "
+                       r"outside the 200x180 image face\.png") as err:
+        read_300w(tmp_path)
+    assert err.value.path == str(tmp_path / "face.pts") and err.value.line == 34  # point i on line i + 4
+
+
+def test_read_wflw_rejects_a_landmark_far_outside_its_image(wflw):
+    path, root, _ = wflw
+    lines = path.read_text().splitlines()
+    fields = lines[2].split()
+    fields[1] = "-400"  # y of point 0, more than one image height (180) above
+    lines[2] = " ".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnnotationError, match=r"landmark 0 at \(.*, -400\) lies more than one") as err:
+        read_wflw(path, root)
+    assert err.value.line == 3
+    assert len(read_wflw(path, root, check_images=False)) == 3  # without reading the image, no size
+
+
+def test_one_based_coordinates_subtract_one(tmp_path):
+    pts = _face("300w68", np.random.default_rng(15))
+    _write_pts(tmp_path / "face.pts", pts)
+    _write_image(tmp_path / "face.png")
+    file = tmp_path / "face.pts"
+    np.testing.assert_allclose(read_pts(file, one_based=True), read_pts(file) - 1)
+    [stored], [shifted] = read_300w(tmp_path), read_300w(tmp_path, one_based=True)
+    np.testing.assert_allclose(shifted.landmarks, stored.landmarks - 1)
+    path = tmp_path / "COFW_train.mat"
+    scipy.io.savemat(path, _cofw_arrays())
+    stored, shifted = read_cofw(path)[1], read_cofw(path, one_based=True)[1]
+    np.testing.assert_allclose(shifted.landmarks, stored.landmarks - 1)
+    np.testing.assert_allclose(shifted.bbox, stored.bbox - 1)
+
+
+def test_train_flag_one_based_reaches_the_readers(tmp_path):
+    from landmark_graph import cli
+    from landmark_graph.training import DATASETS, TrainConfig
+
+    rng = np.random.default_rng(16)
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        _write_pts(tmp_path / split / "face.pts", _face("300w68", rng))
+        _write_image(tmp_path / split / "face.png")
+    argv = ["train", "--dataset", "300w", "--data-root", str(tmp_path), "--one-based"]
+    args = cli.build_parser().parse_args(argv)
+    config = TrainConfig.from_dict(vars(args))
+    assert config.one_based and not TrainConfig().one_based
+    train, tests = DATASETS["300w"].build(config)
+    for data, split in ((train, "train"), (tests["test"], "test")):
+        expected = read_300w(tmp_path / split)[0].landmarks - 1
+        np.testing.assert_allclose(data.shapes[0].numpy(), expected)
+
+
+def _ljson(version: int, yx: list) -> dict:
+    """menpo's layouts (menpo/io/input/landmark.py): v1 labelled groups, v2 one shape, v3 named shapes."""
+    if version == 1:
+        return {"version": 1, "groups": [
+            {"label": "jaw", "connectivity": [], "landmarks": [{"point": p} for p in yx[:17]]},
+            {"label": "rest", "connectivity": [], "landmarks": [{"point": p} for p in yx[17:]]},
+        ]}
+    if version == 2:
+        return {"version": 2, "labels": [{"label": "all", "mask": list(range(len(yx)))}],
+                "landmarks": {"points": yx, "connectivity": []}}
+    return {"version": 3, "groups": {"PTS": {"landmarks": {"points": yx, "connectivity": []}, "labels": []}}}
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_read_ljson_swaps_menpo_axes(tmp_path, version):
+    pts = _face("300w68", np.random.default_rng(17))
+    path = tmp_path / "face.ljson"
+    path.write_text(json.dumps(_ljson(version, pts[:, ::-1].tolist())))  # menpo stores [y, x]
+    np.testing.assert_allclose(read_ljson(path), pts)
+
+
+def test_read_ljson_errors(tmp_path):
+    path = tmp_path / "face.ljson"
+    yx = [[1.0, 2.0], [3.0, 4.0]]
+    groups = {"PTS": {"landmarks": {"points": yx}}, "iris": {"landmarks": {"points": yx[:1]}}}
+    two = {"version": 3, "groups": groups}
+    path.write_text(json.dumps(two))
+    with pytest.raises(AnnotationError, match=r"holds the groups \['PTS', 'iris'\]; pass group="):
+        read_ljson(path)
+    assert read_ljson(path, group="iris").tolist() == [[2.0, 1.0]]
+    with pytest.raises(AnnotationError, match="has no group 'eyes'"):
+        read_ljson(path, group="eyes")
+    cases = [
+        ('{"version": 2, "landmarks": {"points": [[1, 2], [null, null]]}}', "point 1 is null"),
+        ('{"version": 2, "landmarks": {"points": [[1, 2, 3]]}}', r"point 0 must be \[y, x\]"),
+        ('{"version": 2, "landmarks": {"points": [[1, NaN]]}}', "two finite numbers"),
+        ('{"points": [[1, 2]]}', "expected menpo's layout"),
+        ('{"version": 1, "groups": [{"label": "a", "points": []}]}', "version 1 layout"),
+        ('{"version": 2,\n "landmarks": ', "not valid JSON"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(AnnotationError, match=message) as err:
+            read_ljson(path)
+        assert err.value.path == str(path)
+    assert err.value.line == 2  # JSON errors name the line
+
+
+def test_read_300w_reads_ljson_beside_pts(tmp_path):
+    rng = np.random.default_rng(18)
+    (tmp_path / "a").mkdir()
+    faces = [_face("300w68", rng), _face("300w68", rng)]
+    _write_pts(tmp_path / "a" / "one.pts", faces[0])
+    _write_image(tmp_path / "a" / "one.jpg")
+    (tmp_path / "a" / "two.ljson").write_text(json.dumps(_ljson(2, faces[1][:, ::-1].tolist())))
+    _write_image(tmp_path / "a" / "two.png")
+    records = read_300w(tmp_path, one_based=True)  # .ljson is 0-based: one_based leaves it alone
+    assert [r.image_path.name for r in records] == ["one.jpg", "two.png"]
+    np.testing.assert_allclose(records[0].landmarks, faces[0] - 1, atol=1e-3)
+    np.testing.assert_allclose(records[1].landmarks, faces[1])
+    assert records[1].source == str(tmp_path / "a" / "two.ljson")
+    (tmp_path / "a" / "one.ljson").write_text(json.dumps(_ljson(2, faces[0][:, ::-1].tolist())))
+    with pytest.raises(AnnotationError, match=r"one\.ljson annotates the same image"):
+        read_300w(tmp_path)
 
 
 def _cofw_arrays(count=3, split="Tr"):
@@ -190,6 +415,7 @@ def test_read_cofw_v5(tmp_path):
         (lambda d: d["phisTr"].__setitem__((1, 60), 0.5), "occlusion flags must be 0 or 1", 2),
         (lambda d: d["phisTr"].__setitem__((2, 3), np.inf), "NaN or inf", 3),
         (lambda d: d["bboxesTr"].__setitem__((0, 2), 0.0), "width and height must be > 0", 1),
+        (lambda d: d["phisTr"].__setitem__((2, 3), 1000.0), r"landmark 3 at \(1000, .*\) lies more", 3),
         (lambda d: d.update(phisTr=d["phisTr"][:, :80]), r"\(M, 87\)", None),
         (lambda d: d.update(bboxesTr=d["bboxesTr"][:2]), "must match", None),
     ],
@@ -367,7 +593,8 @@ def test_dataset_permutes_occlusion_flags_on_flip():
 
 def test_dataset_rejects_records_of_another_scheme():
     record = FaceRecord(np.zeros((68, 2)), image=np.zeros((5, 5), np.uint8), source="x.pts")
-    with pytest.raises(ValueError, match=r"x\.pts: landmarks must have shape \(98, 2\)"):
+    expected = r"records\[0\] \(x\.pts\): landmarks must have shape \(98, 2\)"
+    with pytest.raises(AnnotationError, match=expected):
         LandmarkDataset([record], "wflw98")
 
 

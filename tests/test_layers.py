@@ -199,6 +199,20 @@ def test_adjacency_follows_to_device_and_dtype():
     assert head(torch.randn(1, 5, 2, 2, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("mode", ["dynamic", "static", "binary"])
+def test_set_adjacency_after_a_dtype_change_keeps_the_dtype(dtype, mode, device):
+    # The new edge-weight parameters must follow .double()/.half()/.to(device), or the next forward fails.
+    head = _small_head(edge_weights=mode).to(device=device, dtype=dtype)
+    head.set_adjacency(build_correlation_adjacency(torch.randn(30, N, 2), k=3))
+    assert {(p.dtype, p.device.type) for p in head.parameters()} == {(dtype, torch.device(device).type)}
+    out = head(torch.randn(2, 5, 3, 3, dtype=dtype, device=device))
+    out.float().square().sum().backward()
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in head.parameters())
+
+
 def test_batch_of_one_in_eval_mode_and_determinism():
     def run() -> torch.Tensor:
         torch.manual_seed(3)

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import assert_grads_match_contiguous
 from test_ops import dense_reference, random_index, random_table
 
-from landmark_graph.ops import aggregate as agg_mod
+from landmark_graph import ops
 from landmark_graph.ops import edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
 
 pytestmark = [
@@ -21,11 +23,37 @@ TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16:
 
 
 @pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
+def _triton_backend():
     pytest.importorskip("triton")
-    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "triton")
-    x = torch.zeros(1, device="cuda")
-    assert agg_mod._use_triton(x), "the Triton path is not taken on CUDA"
+    previous = ops.backend()
+    ops.set_backend("triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the PyTorch path warns
+        yield
+    ops.set_backend(previous)
+
+
+def test_the_kernels_run_and_a_failing_one_hands_over_with_one_warning(monkeypatch):
+    from landmark_graph.ops import _triton_kernels
+
+    calls = []
+    launch = _triton_kernels.aggregate
+    monkeypatch.setattr(_triton_kernels, "aggregate", lambda *a: calls.append(1) or launch(*a))
+    table = random_table(29, 1).cuda()
+    x, w = torch.randn(4, 29, 8, device="cuda"), torch.rand(4, *table.index.shape, device="cuda")
+    want = neighbor_aggregate(x, w, table)
+    assert calls == [1]
+
+    def broken(*args):
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(_triton_kernels, "aggregate", broken)
+    ops.set_backend("triton")
+    with pytest.warns(RuntimeWarning, match="out of resources") as caught:
+        for _ in range(2):
+            torch.testing.assert_close(neighbor_aggregate(x, w, table), want, atol=1e-5, rtol=1e-5)
+    assert len(caught) == 1
+    ops.set_backend("triton")
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
@@ -84,7 +112,7 @@ def test_opcheck_on_cuda():
     torch.library.opcheck(torch.ops.landmark_graph.edge_dot.default, (x, x.detach().clone(), *table.tables))
 
 
-def test_backward_is_bitwise_deterministic_and_matches_the_torch_backend(monkeypatch):
+def test_backward_is_bitwise_deterministic_and_matches_the_torch_backend():
     table = random_table(98, 2).cuda()
     x = torch.randn(256, 98, 128, device="cuda", requires_grad=True)
     w = torch.rand(256, *table.index.shape, device="cuda", requires_grad=True)
@@ -92,7 +120,7 @@ def test_backward_is_bitwise_deterministic_and_matches_the_torch_backend(monkeyp
     runs = [torch.autograd.grad(neighbor_aggregate(x, w, table), (x, w), grad) for _ in range(3)]
     for gx, gw in runs[1:]:
         assert torch.equal(gx, runs[0][0]) and torch.equal(gw, runs[0][1])
-    monkeypatch.setenv("LANDMARK_GRAPH_BACKEND", "torch")
+    ops.set_backend("torch")
     gx, gw = torch.autograd.grad(neighbor_aggregate(x, w, table), (x, w), grad)
     torch.testing.assert_close(gx, runs[0][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gw, runs[0][1], atol=1e-3, rtol=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,36 +36,32 @@ if not INNER:
 
 else:
     from test_ops import dense_reference, random_index, random_table
-    from torch._subclasses.fake_tensor import is_fake
 
-    from landmark_graph.ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
-    from landmark_graph.ops import aggregate as agg_mod
+    from landmark_graph import ops
+    from landmark_graph.ops import (
+        NeighborTable,
+        _triton_kernels,
+        edge_softmax,
+        neighbor_aggregate,
+        neighbor_softmax_aggregate,
+    )
 
     @pytest.fixture(autouse=True)
     def _count_launches(monkeypatch):
-        kernels = agg_mod._kernels()
-        assert kernels is not None and kernels.INTERPRETED
+        assert _triton_kernels.INTERPRETED
         calls = []
         for name in ("aggregate", "edge_dot"):
-            original = getattr(kernels, name)
+            original = getattr(_triton_kernels, name)
 
             def spy(*args, _original=original, _name=name):
                 calls.append(_name)
                 return _original(*args)
 
-            monkeypatch.setattr(kernels, name, spy)
-        # A fallback to the torch formulations fails the test (fake tensors excepted: the Triton
-        # interpreter cannot run on them, so on CPU they trace the torch formulation).
-        for name in ("aggregate_torch", "edge_dot_torch"):
-            original = getattr(agg_mod, name)
-
-            def guard(*args, _original=original):
-                if not is_fake(args[0]):
-                    pytest.fail("the torch path ran")
-                return _original(*args)
-
-            monkeypatch.setattr(agg_mod, name, guard)
-        yield calls
+            monkeypatch.setattr(_triton_kernels, name, spy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a fallback to the PyTorch path warns
+            yield calls
+        ops.set_backend("triton")  # clears the fallback of a failed kernel
 
     @pytest.mark.parametrize("n, k, b", [(1, 1, 1), (29, 4, 0), (29, 7, 3), (68, 4, 1), (98, 7, 2)])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -90,11 +87,10 @@ else:
                 tol = {} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
                 torch.testing.assert_close(gx, rx.to(dtype), **tol)
                 torch.testing.assert_close(gw, rw.to(dtype), **tol)
-        if b:
-            assert "aggregate" in _count_launches and "edge_dot" in _count_launches
+        assert _count_launches.count("aggregate") >= 4 and "edge_dot" in _count_launches
 
     def test_softmax_aggregate_runs_the_kernels_after_edge_softmax(_count_launches):
-        # On the Triton backend the fused CPU path is skipped: edge_softmax, then the kernels.
+        # On the Triton route the fused CPU formulation is skipped: edge_softmax, then the kernels.
         table = random_table(29, 6, k=5)
         g = torch.Generator().manual_seed(6)
         x = torch.randn(2, 29, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -105,6 +101,26 @@ else:
         assert _count_launches == ["aggregate"]
         torch.autograd.grad(out.square().sum(), (x, a))
         assert "edge_dot" in _count_launches
+
+    def test_a_kernel_that_fails_warns_once_and_the_pytorch_path_takes_over(monkeypatch, _count_launches):
+        def broken(*args):
+            raise RuntimeError("out of resources: shared memory")
+
+        monkeypatch.setattr(_triton_kernels, "aggregate", broken)
+        table = random_table(12, 4)
+        x = torch.randn(2, 12, 3, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(2, *table.index.shape, dtype=torch.float64, requires_grad=True)
+        want = dense_reference(x.detach(), w.detach(), table.index)
+        with pytest.warns(RuntimeWarning, match="out of resources") as caught:
+            out = neighbor_aggregate(x, w, table)
+            torch.autograd.grad(out.sum(), (x, w))  # the backward's ops take the PyTorch path too
+            torch.testing.assert_close(neighbor_aggregate(x, w, table), want)
+        assert len(caught) == 1
+        torch.testing.assert_close(out, want)
+        assert not _count_launches  # the working edge_dot kernel is not used either: one path
+        ops.set_backend("triton")
+        monkeypatch.undo()
+        torch.testing.assert_close(neighbor_aggregate(x, w, table), want)
 
     @pytest.mark.parametrize("shared", [False, True], ids=["per-image", "shared"])
     def test_gradcheck_and_gradgradcheck_float64(shared):

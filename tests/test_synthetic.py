@@ -105,9 +105,85 @@ def test_occluders_hide_the_face(index):
 def test_features_are_drawn_at_their_landmarks():
     geometry, look, _ = _controlled(1)
     image, _ = draw_face(geometry, look, [], 64)
-    for part in ("left_brow", "right_brow"):
-        x, y = np.rint(geometry.landmarks[list(geometry.parts[part])].mean(0)).astype(int)
+    # Inside each WFLW brow: halfway between its upper edge's middle point and the lower edge.
+    for upper, lower in ((35, (39, 40)), (44, (48, 49))):
+        points = geometry.landmarks
+        x, y = np.rint((points[upper] + points[list(lower)].mean(0)) / 2).astype(int)
         np.testing.assert_allclose(image[:, y, x], look.brow, atol=0.05)
+
+
+def _pupils(name: str):
+    """``(side, eye indices, pupil index)`` of a scheme with pupil landmarks."""
+    scheme = get_scheme(name)
+    parts = scheme.parts
+    return [(side, list(parts[f"{side}_eye"]), parts[f"{side}_pupil"][0]) for side in ("left", "right")]
+
+
+@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("name", ["wflw98", "cofw29"])
+def test_iris_is_centred_on_the_pupil_landmark(name, index):
+    geometry, look, _ = _controlled(index, name, size=256)
+    points = geometry.landmarks.copy()
+    for (_, eye, pupil), shift in zip(_pupils(name), (-0.12, 0.12), strict=True):  # a sideways gaze
+        points[pupil] = points[eye].mean(0) + np.array([shift * np.ptp(points[eye, 0]), 0.0])
+    geometry = dataclasses.replace(geometry, landmarks=points)
+    # A pure blue iris and white sclera, colours nothing else near the eyes has.
+    look = dataclasses.replace(look, iris=np.array([0.0, 0.0, 1.0]), sclera=np.ones(3), brow=np.full(3, 0.1),
+                               skin=np.array([0.8, 0.6, 0.5]))
+    image, _ = draw_face(geometry, look, [], 256)
+    iris = (image[2] > 0.5) & (image[:2] < 0.5).all(0)
+    sclera = image.min(0) > 0.9
+    rows, cols = np.mgrid[:256, :256]
+    for side, eye, pupil in _pupils(name):
+        distance = np.hypot(cols - points[pupil, 0], rows - points[pupil, 1])
+        near = distance < np.ptp(points[eye, 0])
+        assert (iris & near).sum() > 20 and (sclera & near).sum() > 5, side
+        # A disc around the pupil, clipped by the lids: every iris pixel is nearer to the pupil
+        # than every white one, up to the anti-aliased edge. (An iris centred elsewhere, e.g. on
+        # the eye's centre, puts iris pixels beyond the nearest white ones: 2.4 to 7.8 px here.)
+        assert distance[iris & near].max() < distance[sclera & near].min() + 0.75, side
+
+
+def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
+    """Even-odd ray casting: is ``point`` inside the closed ``polygon``?"""
+    (x, y), (xa, ya), (xb, yb) = point, polygon.T, np.roll(polygon, -1, axis=0).T
+    crosses = ((ya > y) != (yb > y)) & (x < xa + (y - ya) * (xb - xa) / (yb - ya + 1e-12))
+    return bool(crosses.sum() % 2)
+
+
+@pytest.mark.parametrize("name", ["wflw98", "cofw29"])
+def test_sampled_pupils_stay_inside_their_eyes(name):
+    shapes = SyntheticFaces(name, 300, 128, seed=4).landmarks().numpy()
+    for points in shapes:
+        for side, eye, pupil in _pupils(name):
+            assert _inside(points[pupil], points[eye]), side
+    # The gaze moves them: they are not all at the eye's centre.
+    offsets = [np.linalg.norm(p[pupil] - p[eye].mean(0)) for p in shapes for _, eye, pupil in _pupils(name)]
+    assert np.percentile(offsets, 90) > 0.5
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_geometry_carries_the_schemes_closed_parts(name):
+    geometry, _, _ = _controlled(0, name, size=128)
+    assert geometry.closed == get_scheme(name).closed
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_an_open_part_is_drawn_as_a_line(index):
+    # 300W brows are open curves in the scheme: a line through them leaves skin between the
+    # brow's arc and chord, where a closed loop is filled. Nothing else changes.
+    scheme = get_scheme("300w68")
+    assert "left_brow" not in scheme.closed
+    geometry, look, _ = _controlled(index, "300w68", size=128)
+    drawn, _ = draw_face(geometry, look, [], 128)
+    looped, _ = draw_face(dataclasses.replace(geometry, closed=(*scheme.closed, "left_brow")), look, [], 128)
+    brow = geometry.landmarks[list(scheme.parts["left_brow"])]
+    x, y = np.rint(brow.mean(0)).astype(int)
+    np.testing.assert_allclose(looped[:, y, x], look.brow, atol=0.05)
+    assert np.abs(drawn[:, y, x] - look.brow).max() > 0.2
+    rows, cols = np.nonzero(np.abs(looped - drawn).max(0) > 1e-6)
+    assert brow[:, 0].min() - 3 <= cols.min() and cols.max() <= brow[:, 0].max() + 3
+    assert brow[:, 1].min() - 3 <= rows.min() and rows.max() <= brow[:, 1].max() + 3
 
 
 def test_polygon_fill_area_and_antialiasing():

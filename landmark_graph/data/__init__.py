@@ -1,5 +1,6 @@
-"""Data sets: readers for WFLW, 300W and COFW, a cropping and augmenting ``Dataset``, and
-Pose-based Data Balancing. The procedural faces live in :mod:`landmark_graph.data.synthetic`."""
+"""Data sets: readers for WFLW, 300W (``.pts``, menpo ``.ljson``) and COFW, a cropping and
+augmenting ``Dataset``, and Pose-based Data Balancing. The procedural faces live in
+:mod:`landmark_graph.data.synthetic`."""
 
 from .dataset import LandmarkDataset
 from .readers import (
@@ -8,6 +9,7 @@ from .readers import (
     load_image,
     read_300w,
     read_cofw,
+    read_ljson,
     read_pts,
     read_wflw,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "procrustes_align",
     "read_300w",
     "read_cofw",
+    "read_ljson",
     "read_pts",
     "read_wflw",
     "transform_points",

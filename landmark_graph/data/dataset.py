@@ -11,10 +11,23 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..schemes import LandmarkScheme, get_scheme
-from .readers import FaceRecord, load_image
+from .readers import AnnotationError, FaceRecord, load_image
 from .transforms import Augmentation, LandmarkTransform
 
 __all__ = ["LandmarkDataset"]
+
+
+def _name(index: int, record: FaceRecord) -> str:
+    """``records[i]``, with the record's source or image path, for messages."""
+    where = record.source or (str(record.image_path) if record.image_path is not None else "")
+    return f"records[{index}] ({where})" if where else f"records[{index}]"
+
+
+def _validated(index: int, record: FaceRecord, image_size: tuple[int, int] | None = None) -> None:
+    try:
+        record.validate(image_size)
+    except AnnotationError as err:
+        raise AnnotationError(_name(index, record), None, err.problem) from None
 
 
 class LandmarkDataset(Dataset):
@@ -35,6 +48,10 @@ class LandmarkDataset(Dataset):
             of ``(seed, e, i)``, also across DataLoader workers; without, augmentation draws
             from torch's global generator.
         image_loader: reads ``record.image_path`` to an ``ndarray[H, W(, C)]``.
+
+    Every record is checked (:meth:`~landmark_graph.data.FaceRecord.validate`) when the data set
+    is built and, against its image's size, when its item is read; an
+    :class:`~landmark_graph.data.AnnotationError` names ``records[i]`` and its source or image.
 
     Each item is a dict: ``"image"`` ``Tensor[3, S, S]`` float32 in ``[0, 1]``, ``"landmarks"``
     ``Tensor[N, 2]`` crop pixels, ``"transform"`` ``Tensor[2, 3]`` from image to crop pixels,
@@ -66,13 +83,16 @@ class LandmarkDataset(Dataset):
     ) -> None:
         self.scheme = get_scheme(scheme)
         self.records = list(records)
-        for record in self.records:
+        for index, record in enumerate(self.records):
+            if not isinstance(record, FaceRecord):
+                raise TypeError(f"records[{index}] must be a FaceRecord, got {type(record).__name__}")
+            _validated(index, record)
             if np.shape(record.landmarks) != (self.scheme.num_points, 2):
-                raise ValueError(f"{record.source or 'record'}: landmarks must have shape "
-                                 f"({self.scheme.num_points}, 2) for scheme {self.scheme.name!r}, "
-                                 f"got {np.shape(record.landmarks)}")
+                raise AnnotationError(_name(index, record), None, f"landmarks must have shape "
+                                      f"({self.scheme.num_points}, 2) for scheme {self.scheme.name!r}, "
+                                      f"got {np.shape(record.landmarks)}")
             if record.image is None and record.image_path is None:
-                raise ValueError(f"{record.source or 'record'}: has neither image nor image_path")
+                raise AnnotationError(_name(index, record), None, "has neither image nor image_path")
         self.train = train
         augmentation = (augmentation or Augmentation()) if train else None
         self.transform = LandmarkTransform(self.scheme, image_size, augmentation, margin)
@@ -102,6 +122,7 @@ class LandmarkDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         record = self.records[index]
         image = record.image if record.image is not None else self.image_loader(record.image_path)
+        _validated(index, record, np.shape(image)[:2])  # the image size is known only now
         out = self.transform(image, record.landmarks, record.box(), self._generator(index))
         order = out.pop("order")
         out["index"] = torch.tensor(index)

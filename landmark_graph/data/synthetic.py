@@ -2,7 +2,7 @@
 
 Each sample is drawn from a scheme's template (:func:`landmark_graph.schemes.get_scheme`):
 a random identity (part sizes and offsets, face aspect), an expression (mouth opening, raised
-brows), a pose (in-plane rotation, yaw-like foreshortening, scale, translation), an appearance
+brows, gaze), a pose (in-plane rotation, yaw-like foreshortening, scale, translation), an appearance
 (skin tone, feature colours, textured background, illumination gradient, blur, noise) and
 opaque occluders (bars, blobs, textured patches) drawn *over* the face, so that an occluded
 landmark cannot be read off the pixels: it has to be inferred from the visible ones.
@@ -10,6 +10,10 @@ landmark cannot be read off the pixels: it has to be inferred from the visible o
 Sampling is split into three independent random streams, seeded by ``(seed, index, stream)``:
 geometry, appearance and occluders. A sample is therefore a pure function of
 ``(scheme, seed, index, config)``.
+
+Each feature is drawn through its landmarks in the scheme's order, as a closed loop where the
+scheme says so (:attr:`~landmark_graph.schemes.LandmarkScheme.closed`), else as a line; the iris
+is centred on the scheme's pupil landmark (the eye's centre in schemes without pupils).
 
 Rasterisation is vectorised numpy, batched over the shapes of a face: polygons by a signed
 scanline fill with horizontal anti-aliasing, strokes by splatting discs along the line, textures
@@ -50,7 +54,11 @@ __all__ = [
 _GEOMETRY, _APPEARANCE, _OCCLUDERS = 0, 1, 2
 _OCCLUDER_KINDS = ("bar", "blob", "patch")
 _BLUR_BLOCK = 32  # rows per block of the banded blur products
-_CLOSED_PARTS = ("left_brow", "right_brow", "left_eye", "right_eye", "outer_mouth", "inner_mouth")
+# The facial features, back to front; each is drawn as a closed loop when its scheme says so
+# (``LandmarkScheme.closed``), else as a line through its points in the scheme's order.
+_FEATURES = ("nose", "left_brow", "right_brow", "left_eye", "right_eye", "outer_mouth", "inner_mouth")
+# Largest gaze shift of the pupils from their eye's centre, as a fraction of the eye's width (x, y).
+_GAZE = (0.15, 0.04)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ class SyntheticConfig:
         scale: face size (template extent) as a fraction of the image side, ``(low, high)``.
         translation: maximum shift of the face centre, fraction of the image side.
         identity: strength of the per-part shape changes (0 = the template).
-        expression: strength of mouth opening and brow raising (0 = neutral).
+        expression: strength of mouth opening, brow raising and gaze (0 = neutral, pupils at
+            their eye's centre).
         occlusion: probability that an image has occluders.
         max_occluders: occluders per occluded image, 1 to this many.
         occluder_size: occluder size as a fraction of the face size, ``(low, high)``.
@@ -105,14 +114,17 @@ class FaceGeometry:
     Attributes:
         landmarks: ``float32[N, 2]`` in the scheme's ordering.
         outline: ``float32[P, 2]`` closed polygon of the face region.
-        parts: the scheme's part groups (indices into ``landmarks``).
+        parts: the scheme's part groups (indices into ``landmarks``, in drawing order).
         face_size: the face's extent in pixels, the unit for feature and occluder sizes.
+        closed: the parts drawn as closed loops, the scheme's
+            (:attr:`~landmark_graph.schemes.LandmarkScheme.closed`); the others are drawn as lines.
     """
 
     landmarks: np.ndarray
     outline: np.ndarray
     parts: dict[str, tuple[int, ...]]
     face_size: float
+    closed: tuple[str, ...]
 
 
 @dataclass
@@ -345,12 +357,13 @@ class _Layout(NamedTuple):
 
     parts: dict[str, tuple[int, ...]]  # the scheme's parts, as int tuples
     points: np.ndarray  # the normalised template followed by the face outline
-    groups: list[np.ndarray]  # the indices of each part that moves (all but the contour)
+    groups: list[np.ndarray]  # indices of each part that moves: all but the contour, pupils with their eye
     member: np.ndarray  # the groups concatenated
     owner: np.ndarray  # the group of each member
     mouth: np.ndarray
     brows: np.ndarray
     nose: np.ndarray
+    pupils: list[tuple[np.ndarray, np.ndarray]]  # (pupil indices, their eye's indices) per side
 
 
 @functools.lru_cache(maxsize=32)
@@ -358,23 +371,28 @@ def _scheme_layout(scheme: LandmarkScheme) -> _Layout:
     """The :class:`_Layout` of a scheme, computed once per scheme."""
     parts = {name: tuple(int(i) for i in idx) for name, idx in scheme.parts.items()}
     template = _normalised_template(scheme)
-    moving = [name for name, idx in parts.items() if name != "contour" and idx]
-    groups = [np.array(parts[name]) for name in moving]
+    # A pupil moves with its eye (one group), so that it keeps its place in the eye.
+    pupil_of = {f"{side}_eye": f"{side}_pupil" for side in ("left", "right")
+                if parts.get(f"{side}_eye") and parts.get(f"{side}_pupil")}
+    moving = [name for name, idx in parts.items()
+              if name != "contour" and idx and name not in pupil_of.values()]
+    groups = [np.array(parts[name] + parts.get(pupil_of.get(name, ""), ())) for name in moving]
+    pupils = [(np.array(parts[pupil]), np.array(parts[eye])) for eye, pupil in pupil_of.items()]
 
     def indices(*names: str) -> np.ndarray:
         return np.array([i for name in names for i in parts.get(name, ())], int)
 
     arrays = dict(
         points=np.concatenate([template, _outline_in_template(template, parts)]),
-        member=indices(*moving),
+        member=np.concatenate(groups) if groups else np.zeros(0, int),
         owner=np.repeat(np.arange(len(groups)), [len(idx) for idx in groups]),
         mouth=indices("outer_mouth", "inner_mouth"),
         brows=indices("left_brow", "right_brow"),
         nose=indices("nose"),
     )
-    for array in (*arrays.values(), *groups):
+    for array in (*arrays.values(), *groups, *(a for pair in pupils for a in pair)):
         array.flags.writeable = False
-    return _Layout(parts=parts, groups=groups, **arrays)
+    return _Layout(parts=parts, groups=groups, pupils=pupils, **arrays)
 
 
 def sample_geometry(
@@ -399,7 +417,12 @@ def sample_geometry(
         points[member] = centre + shift[owner] + (points[member] - centre) * scale[owner]
     points[:n] += s_id * rng.normal(0, 0.004, (n, 2))
     points[:, 0] *= 1 + s_id * rng.uniform(-0.1, 0.1)
-    # Expression: open the mouth (lower lip points go down), raise the brows.
+    # Expression: the gaze (both pupils shifted alike within their eyes), open the mouth (lower
+    # lip points go down), raise the brows.
+    if layout.pupils:
+        gaze = s_ex * rng.uniform(-1, 1, 2) * _GAZE
+        for pupil, eye in layout.pupils:
+            points[pupil] += gaze * np.ptp(points[eye, 0])
     if len(mouth):
         lower = mouth[points[mouth, 1] > points[mouth, 1].mean()]
         opening = s_ex * rng.uniform(0, 0.1) * (rng.random() < 0.6)
@@ -420,7 +443,7 @@ def sample_geometry(
     centre = image_size * (0.5 + config.translation * rng.uniform(-1, 1, 2)) - 0.5
     points = centre + face_size * points @ rot.T
     points = points.astype(np.float32)
-    return FaceGeometry(points[:n], points[n:], dict(layout.parts), float(face_size))
+    return FaceGeometry(points[:n], points[n:], dict(layout.parts), float(face_size), scheme.closed)
 
 
 def sample_appearance(rng: np.random.Generator, config: SyntheticConfig, image_size: int) -> Appearance:
@@ -566,44 +589,39 @@ def _face_layers(geometry: FaceGeometry, look: Appearance, skin_texture: np.ndar
     shade = look.skin * 0.7
     if contour is not None:
         plan.append(("stroke", shapes.line(contour, 1.0 * unit, lo), shade, face_box, 0.6))
-    pupils = pts[list(parts["pupils"])] if "pupils" in parts else np.zeros((0, 2), np.float32)
-    # All features at once: their boxes, and their points ordered by angle around each one's
-    # centroid, so that any ordering of a closed part draws as a polygon.
-    names = [name for name in ("nose", *_CLOSED_PARTS) if len(parts.get(name, ())) >= 2]
+    # All features at once: their boxes, their points in the scheme's drawing order.
+    names = [name for name in _FEATURES if len(parts.get(name, ())) >= 2]
     counts = np.array([len(parts[name]) for name in names], int)
     starts = np.cumsum(counts) - counts
     points = pts[[i for name in names for i in parts[name]]]
-    owner = np.repeat(np.arange(len(names)), counts)
     if names:
         low, high = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
-        d = points - (np.add.reduceat(points, starts) / counts[:, None]).astype(np.float32)[owner]
-        by_angle = points[np.lexsort((np.arctan2(d[:, 1], d[:, 0]), owner))]
         corners = np.floor(low - pad)  # each feature's window origin
         boxes = list((np.ceil(high + pad) - corners + 1).astype(int))
     else:
         boxes = []
     for k, name in enumerate(names):
         part, origin, box = slice(starts[k], starts[k] + counts[k]), corners[k], boxes[k]
-        if name == "nose":
-            plan.append(("stroke", shapes.line(points[part], 1.6 * unit, origin), shade * 0.8, box))
+        line, closed, kind = points[part], name in geometry.closed, name.rpartition("_")[2]
+        color, width = {"nose": (shade * 0.8, 1.6), "brow": (look.brow, 2.0), "eye": (look.brow, 1.2),
+                        "mouth": (look.lips * (0.25 if name == "inner_mouth" else 1.0), 1.0)}[kind]
+        if name == "nose" or not closed:  # a line through the points; an open brow is a thick one
+            width *= 1.5 if kind == "brow" else 1.0
+            plan.append(("stroke", shapes.line(line, width * unit, origin, closed), color, box))
             continue
-        poly = by_angle[part]
-        i = shapes.fill(poly, origin)
-        if name.endswith("brow"):
-            plan.append(("fill|stroke", (i, shapes.line(poly, 2.0 * unit, origin, True)), look.brow, box))
-        elif name.endswith("eye"):
-            centre = poly.mean(0)
-            if len(pupils):  # the pupil landmark nearest to this eye sets the iris position
-                centre = pupils[np.argmin(((pupils - centre) ** 2).sum(1))]
+        i = shapes.fill(line, origin)
+        if kind == "eye":
+            # The iris is centred on the eye's pupil landmark (else on the eye's centre), clipped by the lids.
+            pupil = parts.get(name.replace("eye", "pupil"), ())
+            centre = pts[list(pupil)].mean(0) if pupil else line.mean(0)
             iris = _regular_polygon(centre, np.full(2, 0.3 * (high[k] - low[k]).max()), 0.0, 16)
             j = shapes.fill(iris, origin)
             plan += [("fill", i, look.sclera, box), ("fill*fill", (i, j), look.iris, box),
-                     ("stroke", shapes.line(poly, 1.2 * unit, origin, True), look.brow, box)]
+                     ("stroke", shapes.line(line, width * unit, origin, True), color, box)]
         elif name == "outer_mouth":
-            plan.append(("fill", i, look.lips, box))
-        else:  # inner mouth: dark opening and the lip line
-            j = shapes.line(poly, 1.0 * unit, origin, True)
-            plan.append(("fill|stroke", (i, j), look.lips * 0.25, box))
+            plan.append(("fill", i, color, box))
+        else:  # a brow, the inner mouth (dark opening): filled, with its outline
+            plan.append(("fill|stroke", (i, shapes.line(line, width * unit, origin, True)), color, box))
     lined = boxes if contour is None else [face_box, *boxes]
     fills, strokes = shapes.render(_window_shape(boxes), _window_shape(lined))
     for op, slot, color, (w, h), *strength in plan:
@@ -705,7 +723,7 @@ def paste_occluders(
     covered = np.zeros(points.shape[:2], bool)
     for b, (image, pts) in enumerate(zip(pasted, points, strict=True)):
         extent = float((pts.max(0) - pts.min(0)).max())
-        occluders = sample_occluders(FaceGeometry(pts, pts, {}, extent), rng, config)
+        occluders = sample_occluders(FaceGeometry(pts, pts, {}, extent, ()), rng, config)
         if not occluders:
             continue
         covers = _fill_polygons([o.polygon for o in occluders], np.zeros((len(occluders), 2)), (size, size))

@@ -16,6 +16,7 @@ table so that the left eye stays the left eye.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -72,6 +73,32 @@ class Augmentation:
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+
+    def scaled(self, strength: float) -> Augmentation:
+        """These ranges at another strength: 1 keeps them, 0 turns every random change off.
+
+        ``strength`` multiplies the rotation, the shift, the scale range's distance from 1 and the
+        occlusion probability (capped at 1); the flip probability is kept for any ``strength > 0``.
+
+        Example:
+            >>> a = Augmentation().scaled(0.5)
+            >>> a.rotation, a.scale, a.flip, a.occlusion
+            (20.0, (0.95, 1.05), 0.5, 0.25)
+            >>> Augmentation().scaled(0).flip
+            0.0
+        """
+        number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+        if not (number and math.isfinite(strength) and strength >= 0):
+            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+        low, high = self.scale
+        return dataclasses.replace(
+            self,
+            rotation=self.rotation * strength,
+            translation=self.translation * strength,
+            scale=(max(1 - (1 - low) * strength, 1e-3), 1 + (high - 1) * strength),
+            flip=self.flip if strength > 0 else 0.0,
+            occlusion=min(1.0, self.occlusion * strength),
+        )
 
 
 def _affine(linear: Tensor | list, shift: Tensor | list) -> Tensor:

@@ -1,7 +1,7 @@
 """Triton kernels of the aggregation (GPU, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-Imported lazily by :mod:`landmark_graph.ops.aggregate` the first time the Triton path runs, so
-``TRITON_INTERPRET`` is read when the kernels are defined, not when ``landmark_graph`` is.
+Imported by :mod:`landmark_graph.ops.aggregate` the first time a tensor takes the Triton route, so
+``TRITON_INTERPRET`` is read when the kernels are defined, and a CPU install never imports triton.
 
 - :func:`aggregate`: ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]``. One program owns a tile of
   ``BLOCK_N`` receivers by ``BLOCK_D`` features of one image and walks the ``K`` slots, so every
@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 __all__ = ["INTERPRETED", "aggregate", "edge_dot"]
 
@@ -127,7 +126,7 @@ def aggregate(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
     block_d = min(_pow2(d), 64 if INTERPRETED else 128)
     block_n = 32 if INTERPRETED else max(1, min(_pow2(n), 4096 // block_d, 32))
     grid = (b * triton.cdiv(n, block_n), triton.cdiv(d, block_d))
-    wrap_triton(_aggregate_kernel)[grid](
+    _aggregate_kernel[grid](
         x, weight, index, y,
         n, k, d,
         x.stride(0), x.stride(1), x.stride(2),
@@ -152,7 +151,7 @@ def edge_dot(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
     block_d = min(_pow2(d), 64)
     block_n = max(1, min(_pow2(n), 8192 // (block_k * block_d), 32))
     grid = (b * triton.cdiv(n, block_n),)
-    wrap_triton(_edge_dot_kernel)[grid](
+    _edge_dot_kernel[grid](
         a, x, index, out,
         n, k, d,
         a.stride(0), a.stride(1), a.stride(2),

@@ -1,316 +1,218 @@
-r"""``neighbor_aggregate``: the one sparse op every graph layer runs (SPEC §5), and
-``neighbor_softmax_aggregate``: the same after a softmax over each row's edge logits.
+r"""``neighbor_aggregate`` (SPEC §5), :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`,
+and ``neighbor_softmax_aggregate``, the same after a softmax over each row's edge logits.
 
-Two operators are registered with :mod:`torch.library` under the ``landmark_graph`` namespace:
+Two routes, chosen by capability. **Triton** (CUDA tensors when Triton imports; CPU tensors under
+``TRITON_INTERPRET=1`` with the ``"triton"`` backend) runs the registered operators
+``landmark_graph::aggregate`` and ``landmark_graph::edge_dot`` (its weight gradient), whose
+backward is the two ops again over a precomputed reverse table: twice differentiable, no atomics.
+A kernel that fails to compile or launch warns once and the PyTorch path takes over. **PyTorch**,
+everywhere else, calls the formulations of :mod:`._cpu` directly: a dispatcher round trip costs
+more than the whole op at ``B = 1``. While ``torch.compile`` traces or a dispatch mode
+(``FlopCounterMode``, fake tensors) runs, the registered op runs on either route; while
+``torch.export`` traces, the plain gather-multiply-sum (:func:`aggregate_reference`).
 
-- ``landmark_graph::aggregate(x, weight, index, reverse_index, reverse_slot, forward_slot)``:
-  :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`.
-- ``landmark_graph::edge_dot(a, x, index, reverse_index, reverse_slot, forward_slot)``:
-  :math:`e_{b,i,k} = \langle a_{b,i}, x_{b,\mathrm{idx}_{i,k}} \rangle` (the weight gradient).
-
-Both are :func:`torch.library.triton_op` s: on CUDA (and on CPU tensors under
-``TRITON_INTERPRET=1`` with ``LANDMARK_GRAPH_BACKEND=triton``) they launch the Triton kernels of
-:mod:`._triton_kernels` through :func:`torch.library.wrap_triton`, elsewhere they run the PyTorch
-formulations of :mod:`._torch_impl`. Their backward passes (:func:`torch.library.register_autograd`)
-are made of the two ops again, so double backward works:
-
-.. math::
-    \partial x = \mathrm{aggregate}(\partial y,\ w^{\top},\ \mathrm{idx}^{\top}), \qquad
-    \partial w = \mathrm{edge\_dot}(\partial y,\ x,\ \mathrm{idx})
-
-with :math:`\mathrm{idx}^{\top}` the precomputed reverse table
-(:func:`~landmark_graph.ops.neighbor_table.reverse_table`): every gradient element is written by
-one program, with no atomics, so the backward pass is bitwise deterministic.
-
-Eager fast path: a call through the ``torch.library`` dispatcher costs 50-100 us of Python, more
-than the whole aggregation at ``B = 1`` on CPU. When nothing traces or intercepts (no
-``torch.compile``, export, fake tensors or dispatch mode), :func:`neighbor_aggregate` runs the same
-kernels through a :class:`torch.autograd.Function` with the same backward formulas; otherwise it
-calls the registered op. Where the CPU formulation for training is the dense product
-(:func:`~._torch_impl.autograd_native`), even the Function is skipped: autograd records the
-product's ATen ops, whose backward is the same maths (``dx = A^T dy``) with no Python in it.
-
-Call plans: the checks and decisions of an eager call on a :class:`NeighborTable` are kept on
-the table, keyed by the call's shapes, dtypes, devices, grad mode and environment variables.
-A repeated call looks its plan up (~2 us) and runs it. A new graph, ``.to()``, or an in-place
-edit of the table drops the plans. Tracing, autocast, tensor subclasses and raw index tensors
-always take the full path.
-
-Backend: the environment variable ``LANDMARK_GRAPH_BACKEND`` (read at each call):
-``auto`` (default: Triton for CUDA tensors when Triton imports, else PyTorch), ``torch`` or
-``triton`` (falls back to PyTorch, with one warning, when Triton is missing or the tensors are
-on CPU without ``TRITON_INTERPRET=1``).
-
-Export: while :func:`torch.export.export` (and so ``torch.onnx.export(..., dynamo=True)``) traces,
-:func:`neighbor_aggregate` emits the plain decomposition (:func:`aggregate_reference`: gather,
-multiply, sum) instead of the op, so exported programs hold standard ops only. A program that
-holds the op anyway (from a direct ``torch.ops.landmark_graph.aggregate`` call) decomposes with
-``ep.run_decompositions(export_decompositions())``.
+Settings: :func:`set_backend`, :func:`set_cpu_formulation`; their initial values come from
+``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION``, read at import.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import os
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch._library.triton import set_wrap_triton_enabled
-from torch._subclasses.fake_tensor import is_fake
-from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
-from .._env import getenv
-from ._torch_impl import (
-    _FORCE_ENV,
-    _autocast_on,
-    aggregate_plan,
-    aggregate_reference,
-    aggregate_torch,
-    autograd_native,
-    edge_dot_reference,
-    edge_dot_torch,
-    softmax_aggregate_plan,
-    without_autocast,
-)
+from . import _cpu
 from .edge_softmax import edge_softmax
 from .neighbor_table import NeighborTable, reverse_table
 
-__all__ = ["BACKENDS", "backend", "export_decompositions", "neighbor_aggregate", "neighbor_softmax_aggregate"]
+__all__ = ["BACKENDS", "CPU_FORMULATIONS", "backend", "cpu_formulation", "export_decompositions",
+           "neighbor_aggregate", "neighbor_softmax_aggregate", "set_backend", "set_cpu_formulation"]
 
 BACKENDS = ("auto", "torch", "triton")
-_BACKEND_ENV = "LANDMARK_GRAPH_BACKEND"
-_warned: set[str] = set()
-_triton_state: dict[str, Any] = {}
+CPU_FORMULATIONS = ("auto", *_cpu.FORMULATIONS)
 
 
-def backend() -> str:
-    """The requested backend, from ``LANDMARK_GRAPH_BACKEND`` (``auto`` when unset)."""
-    value = getenv(_BACKEND_ENV)
-    if value is None:
-        return "auto"
-    value = value.strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"{_BACKEND_ENV} must be one of {BACKENDS}, got {value!r}")
+def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    value = str(value).strip().lower() or "auto"
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+_backend = _choice(os.environ.get("LANDMARK_GRAPH_BACKEND", ""), BACKENDS, "LANDMARK_GRAPH_BACKEND")
+_cpu.pinned = _choice(os.environ.get("LANDMARK_GRAPH_CPU_FORMULATION", ""), CPU_FORMULATIONS,
+                      "LANDMARK_GRAPH_CPU_FORMULATION")
+_triton: dict[str, Any] = {}  # device type -> the kernel module, or None where Triton does not serve
 
 
-def _kernels() -> Any:
-    """The Triton kernel module, or ``None`` when Triton cannot be imported (cached)."""
-    if "module" not in _triton_state:
+def backend() -> str:
+    """The kernels in use: ``"auto"`` (Triton for CUDA tensors when it imports, else PyTorch),
+    ``"torch"`` or ``"triton"``."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Choose the kernels (see :func:`backend`); ``"triton"`` also runs CPU tensors when Triton
+    was imported under ``TRITON_INTERPRET=1``, and falls back to PyTorch, with one warning, where
+    it cannot run. Resets the fallback of a Triton kernel that failed.
+
+    Example:
+        >>> previous = backend()
+        >>> set_backend("torch")
+        >>> backend()
+        'torch'
+        >>> set_backend(previous)
+    """
+    global _backend
+    _backend = _choice(name, BACKENDS, "backend")
+    _triton.clear()
+
+
+def cpu_formulation() -> str:
+    """The CPU formulation in use: ``"auto"`` (chosen per call by size), ``"dense"`` or ``"sparse"``."""
+    return _cpu.pinned
+
+
+def set_cpu_formulation(name: str) -> None:
+    """Pin the PyTorch path's formulation (for benchmarks; see :func:`cpu_formulation`)."""
+    _cpu.pinned = _choice(name, CPU_FORMULATIONS, "formulation")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _load_kernels(device: str) -> Any:
+    try:
+        from . import _triton_kernels as kernels
+    except ImportError as err:  # no triton, or a broken one
+        kernels, problem = None, f"triton cannot be imported ({err})"
+    else:
+        if kernels.INTERPRETED == (device == "cpu"):
+            return kernels
+        problem = ("CPU tensors run on Triton only under its interpreter (TRITON_INTERPRET=1, set before "
+                   "triton is imported)" if device == "cpu" else
+                   "the Triton kernels were built for the interpreter (TRITON_INTERPRET=1), which cannot "
+                   "run CUDA tensors")
+    if kernels is not None or _backend == "triton":
+        _warn(f"{problem}; using the PyTorch path")
+    return None
+
+
+def _kernels_on(x: Tensor) -> Any:
+    """The Triton kernel module when it serves ``x``'s device, else ``None``."""
+    if _backend == "torch":
+        return None
+    if x.is_cuda:
+        device = "cuda"
+    elif x.is_cpu and _backend == "triton":
+        device = "cpu"
+    else:
+        return None
+    if device not in _triton:
+        _triton[device] = _load_kernels(device)
+    return _triton[device]
+
+
+# How many TorchDispatchModes (FlopCounterMode, FakeTensorMode, ...) are active: torch has no public
+# test. Without this private one such modes see the PyTorch path's ATen ops instead of the op
+# (fake tensors still reach the op, by their type).
+_dispatch_modes: Callable[[], int] = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+
+
+def _autocast_on(x: Tensor) -> bool:
+    if x.is_cpu:
+        return torch.is_autocast_enabled("cpu")
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta, ...)
+        return False
+
+
+def _autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
+    """The PyTorch path computes in ``x``'s dtype: autocast would recast its ``bmm``."""
+    return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else contextlib.nullcontext()
+
+
+def _run(name: str, p: Tensor, q: Tensor, tables: tuple[Tensor, ...]) -> Tensor:
+    """Op ``name`` (``aggregate(x, w)`` or ``edge_dot(a, x)``) on its Triton kernel, or on the
+    PyTorch path where Triton does not serve or has failed."""
+    x = p if name == "aggregate" else q
+    p, q = p.to(x.dtype), q.to(x.dtype)
+    kernels = _kernels_on(x)
+    if kernels is not None:
         try:
-            from . import _triton_kernels
-        except ImportError as err:  # no triton, or a broken one
-            _triton_state["module"] = None
-            _triton_state["error"] = err
-        else:
-            _triton_state["module"] = _triton_kernels
-    return _triton_state["module"]
+            return getattr(kernels, name)(p, q, tables[0])
+        except Exception as err:  # a kernel that fails to compile or launch
+            _triton["cuda" if x.is_cuda else "cpu"] = None
+            _warn(f"the Triton kernel failed ({type(err).__name__}: {err}); the aggregation runs on the "
+                  "PyTorch path from now on")
+    with _autocast_off(x):
+        return getattr(_cpu, name)(p, q, _cpu.Layout(*tables))
 
 
-def _use_triton(x: Tensor, choice: str | None = None) -> bool:
-    """Whether ``x`` runs on the Triton kernels; ``choice``: :func:`backend`, when already read."""
-    choice = choice or backend()
-    if choice == "torch":
-        return False
-    device = x.device.type
-    if device != "cuda" and (choice == "auto" or device != "cpu"):
-        return False
-    kernels = _kernels()
-    if kernels is None:
-        if choice == "triton":
-            _warn_once("missing", f"{_BACKEND_ENV}=triton but triton cannot be imported "
-                       f"({_triton_state['error']}); using the PyTorch backend")
-        return False
-    if x.device.type == "cpu":
-        if getenv("TRITON_INTERPRET") == "1" and kernels.INTERPRETED:
-            # The interpreter runs real CPU tensors only; fake ones trace the torch formulation.
-            return not is_fake(x)
-        _warn_once("cpu", f"{_BACKEND_ENV}=triton runs CPU tensors only under the Triton "
-                   "interpreter (TRITON_INTERPRET=1, set before triton is imported); using the "
-                   "PyTorch backend")
-        return False
-    if kernels.INTERPRETED:
-        _warn_once("interp", "the Triton kernels were built for the interpreter "
-                   "(TRITON_INTERPRET=1), which cannot run CUDA tensors; using the PyTorch backend")
-        return False
-    return True
+@torch.library.custom_op("landmark_graph::aggregate", mutates_args=())
+def _aggregate_op(x: Tensor, weight: Tensor, index: Tensor, reverse_index: Tensor, reverse_slot: Tensor,
+                  forward_slot: Tensor) -> Tensor:
+    return _run("aggregate", x, weight, (index, reverse_index, reverse_slot, forward_slot))
 
 
-# --------------------------------------------------------------------------------------------
-# The operators.
+@torch.library.custom_op("landmark_graph::edge_dot", mutates_args=())
+def _edge_dot_op(a: Tensor, x: Tensor, index: Tensor, reverse_index: Tensor, reverse_slot: Tensor,
+                 forward_slot: Tensor) -> Tensor:
+    return _run("edge_dot", a, x, (index, reverse_index, reverse_slot, forward_slot))
 
 
-@triton_op("landmark_graph::aggregate", mutates_args=())
-def _aggregate_op(
-    x: Tensor, weight: Tensor, index: Tensor,
-    reverse_index: Tensor, reverse_slot: Tensor, forward_slot: Tensor,
-) -> Tensor:
-    if _use_triton(x):
-        return _kernels().aggregate(x, weight.to(x.dtype), index)
-    return aggregate_torch(x, weight, index)
+@_aggregate_op.register_fake
+def _(x: Tensor, *_: Tensor) -> Tensor:
+    return x.new_empty(x.shape)
 
 
-@triton_op("landmark_graph::edge_dot", mutates_args=())
-def _edge_dot_op(
-    a: Tensor, x: Tensor, index: Tensor,
-    reverse_index: Tensor, reverse_slot: Tensor, forward_slot: Tensor,
-) -> Tensor:
-    if _use_triton(x):
-        return _kernels().edge_dot(a.to(x.dtype), x, index)
-    return edge_dot_torch(a, x, index)
+@_edge_dot_op.register_fake
+def _(a: Tensor, x: Tensor, index: Tensor, *_: Tensor) -> Tensor:
+    return x.new_empty(*x.shape[:2], index.shape[1])
 
 
-# Eager fast path. A call through the torch.library op costs ~50-100 us of Python dispatch
-# (autograd wrapper, dynamo guard, HOP bypass), more than the whole aggregation at B = 1. In
-# plain eager mode the same kernels run through a torch.autograd.Function with the same backward
-# formulas instead; whenever something traces or intercepts (torch.compile, export, fake tensors,
-# a dispatch mode such as FlopCounterMode), the registered op runs, so tracers see it.
-
-
-_dispatch_modes = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode() reads
-
-
-def _eager(x: Tensor) -> bool:
-    return not (
-        torch.compiler.is_compiling()
-        or (type(x) is not Tensor and is_fake(x))  # a plain Tensor is not fake: skip the 1.5 us test
-        or _dispatch_modes()
-        or torch._is_functional_tensor(x)
-    )
-
-
-def _aggregate_direct(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
-    if _use_triton(x):
-        with set_wrap_triton_enabled(False):
-            return _kernels().aggregate(x, weight.to(x.dtype), index)
-    return aggregate_torch(x, weight, index)
-
-
-def _edge_dot_direct(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
-    if _use_triton(x):
-        with set_wrap_triton_enabled(False):
-            return _kernels().edge_dot(a.to(x.dtype), x, index)
-    return edge_dot_torch(a, x, index)
-
-
-class _AggregateFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
-        ctx.save_for_backward(x, weight, *tables)
-        if _use_triton(x):
-            with set_wrap_triton_enabled(False):
-                return _kernels().aggregate(x, weight.to(x.dtype), tables[0])
-        return aggregate_torch(x, weight, tables[0], True)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return _aggregate_backward(ctx, grad)
-
-
-class _EdgeDotFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, a: Tensor, x: Tensor, *tables: Tensor) -> Tensor:
-        ctx.save_for_backward(a, x, *tables)
-        return _edge_dot_direct(a, x, tables[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return _edge_dot_backward(ctx, grad)
-
-
-def _needs_graph(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _aggregate(x: Tensor, weight: Tensor, *tables: Tensor) -> Tensor:
-    """The ``aggregate`` op, through the eager fast path when nothing traces."""
-    if not _eager(x):
-        return _aggregate_op(x, weight, *tables)
-    if not _needs_graph(x, weight):
-        return _aggregate_direct(x, weight, tables[0])
-    if not _use_triton(x) and autograd_native(x, weight, tables[0]):
-        # The dense formulation's ATen ops, recorded by autograd: the op's backward maths
-        # without a Python backward, whose overhead is most of the time at B = 1.
-        return aggregate_torch(x, weight, tables[0], True)
-    return _AggregateFn.apply(x, weight, *tables)
-
-
-def _edge_dot(a: Tensor, x: Tensor, *tables: Tensor) -> Tensor:
-    """The ``edge_dot`` op, through the eager fast path when nothing traces."""
-    if not _eager(x):
-        return _edge_dot_op(a, x, *tables)
-    if _needs_graph(a, x):
-        return _EdgeDotFn.apply(a, x, *tables)
-    return _edge_dot_direct(a, x, tables[0])
-
-
-def _to_reverse(weight: Tensor, reverse_slot: Tensor) -> Tensor:
-    """Per-edge values ``(..., N, K)`` laid out along the reverse table: ``(..., N, R)``, 0 pads."""
-    flat = F.pad(weight.flatten(-2), (0, 1))
-    if flat.device.type == "cpu" and not torch.compiler.is_compiling():
-        # index_select is several times faster than advanced indexing on CPU.
-        return flat.index_select(-1, reverse_slot.reshape(-1)).view(*flat.shape[:-1], *reverse_slot.shape)
-    # Elsewhere advanced indexing: its backward (index_put with accumulate) is deterministic.
-    return flat[..., reverse_slot]
-
-
-def _setup(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+def _save_inputs(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _aggregate_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    x, weight, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
-    dx = dw = None
-    if ctx.needs_input_grad[0]:
-        dx = _aggregate(grad, _to_reverse(weight, rev_slot), rev_index, index, fwd_slot, rev_slot)
-    if ctx.needs_input_grad[1]:
-        dw = _edge_dot(grad, x, index, rev_index, rev_slot, fwd_slot)
-        if weight.dim() == 2:
-            dw = dw.sum(dim=0)
-        dw = dw.to(weight.dtype)
-    return dx, dw, None, None, None, None
+def _backward(kind: str) -> Callable[..., tuple[Tensor | None, ...]]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        p, q, *tables = ctx.saved_tensors
+        grads = _cpu.grads(kind, lambda x, w, lay: _aggregate_op(x, w, *lay.tables),
+                           lambda a, x, lay: _edge_dot_op(a, x, *lay.tables), _cpu.Layout(*tables), p, q,
+                           grad, ctx.needs_input_grad)
+        return *grads, None, None, None, None
+
+    return backward
 
 
-def _edge_dot_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    a, x, index, rev_index, rev_slot, fwd_slot = ctx.saved_tensors
-    da = dx = None
-    if ctx.needs_input_grad[0]:
-        da = _aggregate(x, grad, index, rev_index, rev_slot, fwd_slot).to(a.dtype)
-    if ctx.needs_input_grad[1]:
-        dx = _aggregate(a, _to_reverse(grad, rev_slot), rev_index, index, fwd_slot, rev_slot)
-        dx = dx.to(x.dtype)
-    return da, dx, None, None, None, None
-
-
-_aggregate_op.register_autograd(_aggregate_backward, setup_context=_setup)
-_edge_dot_op.register_autograd(_edge_dot_backward, setup_context=_setup)
+_aggregate_op.register_autograd(_backward("aggregate"), setup_context=_save_inputs)
+_edge_dot_op.register_autograd(_backward("edge_dot"), setup_context=_save_inputs)
 
 
 @register_flop_formula([torch.ops.landmark_graph.aggregate, torch.ops.landmark_graph.edge_dot])
 def _flops(first_shape: Any, x_shape: Any, index_shape: Any, *_: Any, **__: Any) -> int:
-    """``2 B N K D`` for both ops (a multiply and an add per table slot and feature), so that
-    :class:`torch.utils.flop_counter.FlopCounterMode` counts the sparse work, not the dense
-    product a CPU formulation may run."""
+    """``2 B N K D`` for both ops: ``FlopCounterMode`` counts the sparse work, not a dense product."""
     b, n, d = first_shape
     return 2 * b * n * index_shape[1] * d
 
 
-def _aggregate_decomposition(x: Tensor, weight: Tensor, index: Tensor, *_: Tensor) -> Tensor:
-    return aggregate_reference(x, weight, index)
+def aggregate_reference(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
+    """The op in the plainest standard ops (gather, multiply, sum): what export emits."""
+    w = weight.to(x.dtype).masked_fill(index < 0, 0)
+    return (w.unsqueeze(-1) * x[:, index.clamp(min=0)]).sum(dim=2)
 
 
-def _edge_dot_decomposition(a: Tensor, x: Tensor, index: Tensor, *_: Tensor) -> Tensor:
-    return edge_dot_reference(a, x, index)
+def _edge_dot_reference(a: Tensor, x: Tensor, index: Tensor, *_: Tensor) -> Tensor:
+    return (x[:, index.clamp(min=0)] * a.to(x.dtype).unsqueeze(2)).sum(dim=-1).masked_fill(index < 0, 0)
 
 
 def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
@@ -323,148 +225,93 @@ def export_decompositions() -> dict[Any, Callable[..., Tensor]]:
     Use: ``torch.export.export(module, args).run_decompositions(export_decompositions())``.
     """
     return {
-        torch.ops.landmark_graph.aggregate.default: _aggregate_decomposition,
-        torch.ops.landmark_graph.edge_dot.default: _edge_dot_decomposition,
+        torch.ops.landmark_graph.aggregate.default: lambda x, w, index, *_: aggregate_reference(x, w, index),
+        torch.ops.landmark_graph.edge_dot.default: _edge_dot_reference,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Call plans. A NeighborTable call whose signature (shapes, dtypes, devices, grad, environment)
-# was checked before skips the checks and decisions: at B = 1 they were ~9 us of a ~20 us call.
-
-
-class _Plan(NamedTuple):
-    table: Tensor  # the index buffer the plan was checked against,
-    version: int  # and its version then: a replaced or edited table invalidates the plan
-    run: Callable[[Tensor, Tensor], Tensor]
-
-
-_PLANS_PER_TABLE = 16  # signatures per table: in practice a few batch sizes × grad modes
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
-    lambda: torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
-
-
-def _signature(op: str, x: object, weight: object, index: object) -> tuple | None:
-    """The key of an eager call on a :class:`NeighborTable` with plain tensors, or ``None`` when
-    the call must take the full path (tracing, autocast, subclasses, a raw index). Export traces
-    with dynamo (compiling) or under a dispatch mode: either ends here."""
-    if (type(index) is not NeighborTable or type(x) is not Tensor or type(weight) is not Tensor
-            or _any_autocast() or not _eager(x)):
-        return None
-    return (op, x.shape, weight.shape, x.dtype, weight.dtype, x.device, weight.device,
-            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad),
-            getenv(_BACKEND_ENV), getenv(_FORCE_ENV))
-
-
-def _planned(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable
-             ) -> Callable[[Tensor, Tensor], Tensor] | None:
-    """The plan of an earlier call with this one's signature, while its table is unchanged."""
-    key = _signature(op, x, weight, index)
-    plan = None if key is None else index._call_plans.get(key)  # type: ignore[union-attr]
-    if plan is None:
-        return None
-    table = index._buffers["index"]  # type: ignore[union-attr]
-    return plan.run if plan.table is table and plan.version == table._version else None
-
-
-def _remember(op: str, x: Tensor, weight: Tensor, index: Tensor | NeighborTable,
-              plan: Callable[[], Callable[[Tensor, Tensor], Tensor]]) -> None:
-    """Keep ``plan()`` as the plan of calls with this one's signature (it passed the checks)."""
-    key = _signature(op, x, weight, index)
-    if key is None:
-        return
-    plans = index._call_plans  # type: ignore[union-attr]
-    if len(plans) >= _PLANS_PER_TABLE:
-        plans.clear()  # one atomic call: threads may share the table
-    table = index._buffers["index"]  # type: ignore[union-attr]
-    plans[key] = _Plan(table, table._version, plan())
-
-
-def _aggregate_plan(x: Tensor, weight: Tensor, tables: tuple[Tensor, ...]
-                    ) -> Callable[[Tensor, Tensor], Tensor]:
-    """What :func:`_aggregate` runs for eager calls like this one: the PyTorch formulation's ATen
-    calls where they need no autograd Function (:func:`aggregate_plan`), else :func:`_aggregate`."""
-    if not _use_triton(x):
-        plan = aggregate_plan(x, weight.dim() == 2, tables[0], _needs_graph(x, weight))
-        if plan is not None:
-            return plan
-    return functools.partial(_aggregate_on, tables)
-
-
-def _aggregate_on(tables: tuple[Tensor, ...], x: Tensor, weight: Tensor) -> Tensor:
-    return _aggregate(x, weight, *tables)
-
-
-def _softmax_then(valid: Tensor, aggregate: Callable[[Tensor, Tensor], Tensor], x: Tensor,
-                  logits: Tensor) -> Tensor:
-    return aggregate(x, edge_softmax(logits, valid))
-
-
-# --------------------------------------------------------------------------------------------
-# The public function.
 
 
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _check_inputs(x: object, weight: object, index: object, name: str = "weight"
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    # Every attribute read costs ~0.1-0.3 us, and at B = 1 the whole op takes ~15 us: each is read once.
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+def _what(value: object) -> str:
+    return f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, Tensor, Any, str]:
+    """Check the inputs, raising on bad ones; return the route with what it takes:
+    ``("eager", weight, Layout, formulation)`` for the PyTorch path called directly,
+    ``("op", weight, tables, "")`` while tracing, under a dispatch mode, for tensor subclasses,
+    meta tensors and the Triton route, and ``("reference", weight, index, "")`` under export (or
+    compile with a raw index, whose reverse table is data-dependent). ``weight`` comes back in
+    ``x``'s dtype. Each tensor attribute is read once: at ``B = 1`` they add up."""
+    x_dtype = x.dtype if isinstance(x, Tensor) else None
+    if x_dtype is None or not x_dtype.is_floating_point:
+        raise TypeError(f"x must be a floating point torch.Tensor, got {_what(x)}")
+    w_dtype = weight.dtype if isinstance(weight, Tensor) else None
+    if w_dtype is None or not w_dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating point torch.Tensor, got {_what(weight)}")
+    compiling = torch.compiler.is_compiling()
     if isinstance(index, NeighborTable):
-        idx = index.tables[0]
-    elif isinstance(index, Tensor):
-        idx = index
+        lay = None if compiling else _cpu.layout(index)  # the layout kept on a table is eager state
+        tables = index.tables if lay is None else lay.tables
+        idx = tables[0]
+    elif isinstance(index, Tensor) and index.dtype in _INDEX_DTYPES:
+        lay, tables, idx = None, None, index
+        if idx.dim() != 2:
+            raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx.shape)}")
     else:
-        raise TypeError(f"index must be a LongTensor (N, K) or a NeighborTable, got {type(index).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
-    if not weight.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {weight.dtype}")
-    if idx.dtype not in _INDEX_DTYPES:
-        raise TypeError(f"index must be an integer tensor (N, K), got dtype {idx.dtype}")
-    x_shape, idx_shape, w_shape = x.shape, idx.shape, weight.shape
-    if len(x_shape) != 3:
-        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(x_shape)}")
-    if len(idx_shape) != 2:
-        raise ValueError(f"index must have 2 dimensions (N, K), got shape {tuple(idx_shape)}")
-    b, n, _ = x_shape
-    if idx_shape[0] != n:
-        raise ValueError(f"index has {idx_shape[0]} rows (N, K) but x has N={n} nodes (B, N, D)")
-    k = idx_shape[1]
-    # Lengths first: comparing (N, K) with (B, N, K) item by item would guard B != N under export.
+        raise TypeError(f"index must be a NeighborTable or an integer tensor (N, K), got {_what(index)}")
+    shape = x.shape
+    if len(shape) != 3:
+        raise ValueError(f"x must have 3 dimensions (B, N, D), got shape {tuple(shape)}")
+    b, n, d = shape
+    rows, k = idx.shape if lay is None else (lay.n, lay.k)
+    if rows != n:
+        raise ValueError(f"index has {rows} rows (N, K) but x has N={n} nodes (B, N, D)")
+    w_shape = weight.shape  # lengths first: comparing item by item would guard B != N under export
     if w_shape != ((n, k) if len(w_shape) == 2 else (b, n, k)):
-        raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = "
-                         f"({n}, {k}), got {tuple(w_shape)}")
-    device = x.device
-    for label, t in ((name, weight), ("index", idx)):
-        if t.device != device:
-            raise ValueError(f"{label} is on {t.device} but x is on {device}; move them to one device"
-                             + (" (NeighborTable moves with its module: call .to(device))"
-                                if label == "index" and isinstance(index, NeighborTable) else ""))
-    if weight.dtype != x.dtype:
-        if not _autocast_on(device.type):
-            raise TypeError(f"{name} has dtype {weight.dtype} but x has {x.dtype}; cast one of them "
+        raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = ({n}, {k}), "
+                         f"got {tuple(w_shape)}")
+    on_cpu = x.is_cpu  # one CPU device: no device objects to build and compare
+    if not (on_cpu and weight.is_cpu and (idx.is_cpu if lay is None else lay.on_cpu)):
+        for label, t in ((name, weight), ("index", idx)):
+            if t.device != x.device:
+                raise ValueError(f"{label} is on {t.device} but x is on {x.device}; move them to one device"
+                                 + (" (NeighborTable moves with its module: call .to(device))"
+                                    if label == "index" and tables is not None else ""))
+    if w_dtype != x_dtype:
+        if not _autocast_on(x):
+            raise TypeError(f"{name} has dtype {w_dtype} but x has {x_dtype}; cast one of them "
                             "(under torch.autocast the op computes in x's dtype)")
-        weight = weight.to(x.dtype)
-    return x, weight, idx
+        weight = weight.to(x_dtype)
+    if tables is None:
+        idx = idx.long()
+        if compiling:
+            return "reference", weight, idx, ""
+        if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
+            bad = idx[(idx < -1) | (idx >= n)]
+            raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got "
+                             f"{bad[:5].tolist()}")
+        empty = (idx < 0).all(dim=1) if name == "logits" and k else None
+        if empty is not None and bool(empty.any()):
+            raise ValueError(f"index row {int(empty.nonzero()[0])} has no neighbour: the softmax over its "
+                             "slots is undefined")
+        lay = _cpu.Layout(idx, *reverse_table(idx, n))
+        tables = lay.tables
+    if compiling:
+        return ("reference", weight, idx, "") if torch.compiler.is_exporting() else ("op", weight, tables, "")
+    if (type(x) is not Tensor or _dispatch_modes()
+            or ((not on_cpu or _backend == "triton") and (x.is_meta or _kernels_on(x) is not None))):
+        return "op", weight, tables, ""
+    backward = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return "eager", weight, lay, _cpu.formulation(b, n, d, on_cpu, backward)
 
 
-def _tables(index: Tensor | NeighborTable, idx: Tensor, n: int) -> tuple[Tensor, ...] | None:
-    """The op's table arguments: a :class:`NeighborTable`'s, or those of a raw index, checked and
-    reversed here; ``None`` for a raw index under ``torch.compile`` (its reverse table is
-    data-dependent: the caller traces the plain decomposition)."""
-    if isinstance(index, NeighborTable):
-        return index.tables
-    if torch.compiler.is_compiling():
-        return None
-    if idx.numel() and (int(idx.min()) < -1 or int(idx.max()) >= n):
-        bad = idx[(idx < -1) | (idx >= n)]
-        raise ValueError(f"index values must lie in [-1, N) = [-1, {n}) (-1 pads), got {bad[:5].tolist()}")
-    return idx, *reverse_table(idx, n)
+def _eager(fn: Callable[..., Tensor], x: Tensor, weight: Tensor, lay: _cpu.Layout, form: str) -> Tensor:
+    if not (torch.is_autocast_enabled("cpu") if x.is_cpu else _autocast_on(x)):
+        return fn(x, weight, lay, form)
+    with torch.autocast(x.device.type, enabled=False):
+        return fn(x, weight, lay, form)
 
 
 def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -473,10 +320,8 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     .. math::
         y_{b,i,:} = \sum_{k} w_{b,i,k}\, x_{b,\,\mathrm{idx}_{i,k},\,:}
 
-    slots with :math:`\mathrm{idx}_{i,k} = -1` are skipped.
-
-    Runs the ``landmark_graph::aggregate`` operator (Triton on CUDA, the fastest PyTorch
-    formulation for the shape on CPU; see the module docs). Differentiable to ``x`` and
+    slots with :math:`\mathrm{idx}_{i,k} = -1` are skipped. Triton on CUDA, the dense product or
+    the embedding bags by size elsewhere (see the module docs); differentiable to ``x`` and
     ``weight``, twice; traceable by ``torch.compile(fullgraph=True)``; exportable.
 
     Args:
@@ -485,7 +330,7 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
             (its gradient is then summed over the batch). Same dtype as ``x``; under
             ``torch.autocast`` it is cast to ``x``'s dtype, the dtype the op computes in.
         index: a :class:`NeighborTable` (its reverse table is precomputed: the fast path, and
-            the one ``torch.compile`` needs), or a ``LongTensor[N, K]`` neighbour table
+            the one ``torch.compile`` needs), or an integer ``Tensor[N, K]`` neighbour table
             (``-1`` pads), checked and reversed at each call.
 
     Returns:
@@ -494,8 +339,7 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     Raises:
         TypeError: non-tensor or integer ``x``/``weight``, non-integer ``index``, ``weight``
             of another floating dtype outside autocast.
-        ValueError: wrong shapes, tensors on different devices, an index outside
-            ``[-1, N)``, an unknown ``LANDMARK_GRAPH_BACKEND``.
+        ValueError: wrong shapes, tensors on different devices, an index outside ``[-1, N)``.
 
     Example:
         >>> import torch
@@ -504,18 +348,12 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
         >>> neighbor_aggregate(x, torch.tensor([[0.5, 0.5], [2.0, 7.0]]), idx).tolist()
         [[[5.5], [20.0]]]
     """
-    run = _planned("aggregate", x, weight, index)
-    if run is not None:
-        return run(x, weight)
-    x, weight, idx = _check_inputs(x, weight, index)
-    backend()  # a bad LANDMARK_GRAPH_BACKEND fails here, before any kernel
-    if not isinstance(index, NeighborTable):
-        idx = idx.long()
-    tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
-    if tables is None:  # export, or compile with a raw index: the plain decomposition
-        return aggregate_reference(x, weight, idx)
-    _remember("aggregate", x, weight, index, lambda: _aggregate_plan(x, weight, tables))
-    return _aggregate(x, weight, *tables)
+    route, weight, it, form = _prepare(x, weight, index, "weight")
+    if route == "eager":
+        return _eager(_cpu.aggregate, x, weight, it, form)
+    if route == "op":
+        return _aggregate_op(x, weight, *it)
+    return aggregate_reference(x, weight, it)
 
 
 def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -525,23 +363,18 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
         y_{b,i,:} = \sum_{k} \frac{e^{a_{b,i,k}}}{\sum_{k'} e^{a_{b,i,k'}}}\,
         x_{b,\,\mathrm{idx}_{i,k},\,:}
 
-    over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`. The same numbers as
-    ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, and that is what runs on
-    GPU, while tracing, and for large graphs and batches in training. On CPU, where the dense
-    formulation is chosen (small graphs and batches), it runs fused instead: the logits are
-    added into an ``N x N`` matrix of 0 on the edges and ``-inf`` elsewhere, which is
-    softmaxed and multiplied, three ATen ops that autograd differentiates, as many as the
-    authors' masked softmax and ``bmm``. For inference with per-image logits where the
-    embedding bags are chosen, the softmax runs over a slot-major copy of the logits that
-    feeds the bags directly. Repeated calls on a :class:`NeighborTable` with the same shapes,
-    dtypes and devices skip the input checks (see the module docs).
+    over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`: the numbers of
+    ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, which is what runs on the
+    Triton route and while tracing. Where the CPU formulation is the dense product it runs fused
+    (the logits added into an ``N x N`` matrix of 0 on the edges and ``-inf`` elsewhere, then
+    softmax and ``bmm``, as many ATen calls as the authors' masked softmax).
 
     Args:
         x: ``Tensor[B, N, D]`` node features, floating point.
         logits: ``Tensor[B, N, K]`` per-image edge logits, or ``Tensor[N, K]`` shared by all.
             Padding slots do not count, whatever finite value (or ``-inf``) they hold;
             ``+inf`` or NaN there is not allowed (on the fused path it turns the row NaN).
-        index: a :class:`NeighborTable`, or a ``LongTensor[N, K]`` table (``-1`` pads) in
+        index: a :class:`NeighborTable`, or an integer ``Tensor[N, K]`` table (``-1`` pads) in
             which every row has at least one neighbour.
 
     Returns:
@@ -558,25 +391,10 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
         >>> neighbor_softmax_aggregate(x, torch.zeros(2, 2), idx).tolist()
         [[[5.5], [10.0]]]
     """
-    run = _planned("softmax_aggregate", x, logits, index)
-    if run is not None:
-        return run(x, logits)
-    x, logits, idx = _check_inputs(x, logits, index, "logits")
-    choice = backend()
-    if not isinstance(index, NeighborTable):
-        idx = idx.long()
-        if idx.shape[1] and bool((idx < 0).all(dim=1).any()):
-            row = int((idx < 0).all(dim=1).nonzero()[0])
-            raise ValueError(f"index row {row} has no neighbour: the softmax over its slots is undefined")
-    tables = None if torch.compiler.is_exporting() else _tables(index, idx, x.shape[1])
-    if tables is None:  # export, or compile with a raw index: the plain decomposition
-        return aggregate_reference(x, edge_softmax(logits, idx >= 0), idx)
-    if _eager(x) and not _use_triton(x, choice):
-        plan = softmax_aggregate_plan(x, logits.dim() == 2, tables[0], _needs_graph(x, logits))
-        if plan is not None:
-            _remember("softmax_aggregate", x, logits, index, lambda: plan)
-            return without_autocast(plan, x, logits)
-    valid = index.valid if isinstance(index, NeighborTable) else tables[0] >= 0
-    _remember("softmax_aggregate", x, logits, index,
-              lambda: functools.partial(_softmax_then, valid, _aggregate_plan(x, logits, tables)))
-    return _aggregate(x, edge_softmax(logits, valid), *tables)
+    route, logits, it, form = _prepare(x, logits, index, "logits")
+    if route == "eager":
+        return _eager(_cpu.softmax_aggregate, x, logits, it, form)
+    weight = edge_softmax(logits, (it[0] if route == "op" else it) >= 0)
+    if route == "op":
+        return _aggregate_op(x, weight, *it)
+    return aggregate_reference(x, weight, it)

@@ -20,10 +20,9 @@ def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
     Padded logits become :math:`-\infty` before PyTorch's softmax, so their value, however
     large, never reaches the result or the gradient. Above about a thousand elements the
     softmax runs over the first dimension of the transposed ``(K, ...)`` logits: PyTorch's CPU
-    softmax over a last dimension of 4-8 handles one short row at a time and is 2-20x slower
-    than over a leading one, which it vectorises across rows (0.22 ms against 0.01 ms at
-    ``(64, 29, 4)``, one thread). Either way autograd differentiates PyTorch ops, so double
-    backward works.
+    softmax over a short last dimension handles one row at a time, over a leading one it
+    vectorises across rows (docs/benchmarks.md). Either way autograd differentiates PyTorch
+    ops, so double backward works.
 
     Args:
         logits: ``Tensor[..., N, K]``.

@@ -117,26 +117,17 @@ class NeighborTable(nn.Module):
         self.register_buffer("adjacency", mask)
         for name, value in _derived(mask).items():
             self.register_buffer(name, value, persistent=False)
-        # The op's checked decisions per call signature (ops/aggregate.py); never saved or copied.
-        self._call_plans: dict[tuple, Any] = {}
+        # What the CPU formulations derive from the buffers (ops/_cpu.py); rebuilt when they change.
+        self._layout: Any = None
 
     def _rebuild(self) -> None:
         for name, value in _derived(self.adjacency).items():
             setattr(self, name, value)
-        self._call_plans.clear()
-
-    def _apply(self, fn: Any, recurse: bool = True) -> NeighborTable:
-        self._call_plans.clear()  # plans hold the old device's tensors
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Plans hold functions that do not pickle, and a copy's buffers are new tensors anyway.
-        return {**self.__dict__, "_call_plans": {}}
 
     @property
     def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(index, reverse_index, reverse_slot, forward_slot)``, the arguments of the op."""
-        b = self._buffers  # direct: nn.Module.__getattr__ costs ~1 us a buffer, per layer call
+        b = self._buffers  # read directly: nn.Module.__getattr__ would search three dicts a buffer
         return b["index"], b["reverse_index"], b["reverse_slot"], b["forward_slot"]
 
     @property
