@@ -192,3 +192,109 @@ def test_wflw_data_runs_the_same_study(ablation, tmp_path):
     assert run["metrics"]["test"]["count"] == 4 and run["metrics"]["test/occlusion"]["count"] == 2
     assert "occlusion_sweep" not in results  # WFLW has no per-landmark occlusion flags
     assert "test/occlusion NME" in (out / "results.md").read_text()
+
+
+def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
+    study = ablation.build_studies(98, ablation.FULL_K)["occlusion_head"]
+    overrides = [dict(v.overrides) for v in study.variants]
+    assert overrides[0] == {}  # the paper head, the base model of the other studies
+    parts = ("embedding", "visibility", "gate_edges", "uncertainty")
+    for i in range(1, len(parts) + 1):  # variant i adds part i to variant i - 1
+        assert set(overrides[i]) == set(parts[:i])
+    assert overrides[5] == {"consistency_weight": 0.3}
+    assert overrides[6] == {**overrides[4], "consistency_weight": 0.3}
+    names = {v.name for v in study.variants}
+    assert all(ref in names and cand in names for ref, cand in study.pairs)
+    args = ablation.build_parser().parse_args(["--study", "occlusion_head"])
+    assert args.studies == ["occlusion_head"] and args.profile is None  # main() picks "occlusion"
+    assert "occlusion_head" not in ablation.build_parser().parse_args([]).studies
+
+
+def _check_occlusion_head(results, seeds, occlusion_set):
+    section = results["occlusion_head"]
+    assert section["set"] == occlusion_set
+    by_name = {v["name"]: v for v in section["variants"]}
+    assert len(by_name) == 7 and all(v["seeds"] == seeds for v in by_name.values())
+    for name, v in by_name.items():
+        m = v["metrics"]
+        for key in ("clean_nme", "all_nme", "visible 0%-10%"):
+            assert math.isfinite(m[key]["mean"]) and m[key]["n"] == len(seeds), (name, key)
+        has_visibility = "visibility" in name or "gating" in name or "full head" in name
+        assert (m["auroc"]["n"] > 0) == has_visibility, name
+        assert (m["spearman"]["n"] > 0) == ("full head" in name), name
+        if m["coverage 0.9"]["n"]:
+            assert 0 <= m["coverage 0.1"]["mean"] <= m["coverage 0.9"]["mean"] <= 1
+    assert {(p["reference"], p["candidate"]) for p in section["pairs"]} == {
+        *(("paper head", n) for n in by_name if n != "paper head"),
+        ("paper head + consistency", "full head + consistency")}
+    for p in section["pairs"]:
+        assert p["seeds"] == seeds and p["clean_nme"]["n"] == len(seeds)
+
+
+@pytest.mark.slow
+def test_occlusion_head_quick_study_in_two_processes(ablation, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert ablation.main(["--quick", "--study", "occlusion_head", "--seeds", "0", "1", "--jobs", "2",
+                          "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    _check_occlusion_head(results, [0, 1], "sweep")
+    sweep = results["runs"]["base"]["0"]["occlusion"]["sweep"]
+    assert sweep["rise"] is not None and set(sweep["visible_nme"]) == {"0%-10%", "10%-30%", "30%-60%"}
+    report = (out / "results.md").read_text()
+    assert "Occlusion-aware head" in report and "full head + consistency" in report
+    if importlib.util.find_spec("matplotlib") is not None:
+        for name in ("rise", "reliability"):
+            assert (out / f"occlusion_head_{name}.png").stat().st_size > 0
+
+    # One process of one thread trains the same models as two (one thread each).
+    single = tmp_path / "single"
+    args = ["--quick", "--study", "occlusion_head", "--seeds", "0", "--threads", "1", "--out", str(single)]
+    assert ablation.main(args) == 0
+    again = json.loads((single / "results.json").read_text())["runs"]
+    for key, by_seed in again.items():
+        strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+        assert strip(by_seed["0"]) == strip(results["runs"][key]["0"]), key
+
+    # A rerun reuses the saved runs instead of training.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ablation, "train", no_training)
+    args = ["--quick", "--study", "occlusion_head", "--seeds", "0", "1", "--out", str(out)]
+    assert ablation.main(args) == 0
+
+
+def _write_cofw(path: Path, split: str, count: int, seed: int) -> None:
+    """A tiny COFW-format .mat file: synthetic faces (half occluded) with their occlusion flags."""
+    import scipy.io
+
+    from landmark_graph.data.synthetic import SyntheticConfig, synthesize_face
+
+    images = np.empty((count, 1), dtype=object)
+    shapes, boxes = [], []
+    for i in range(count):
+        face = synthesize_face("cofw29", seed, i, image_size=64, config=SyntheticConfig(occlusion=0.5))
+        images[i, 0] = (face["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        pts, flags = face["landmarks"].numpy().astype(np.float64), face["occluded"].numpy()
+        shapes.append(np.concatenate([pts[:, 0], pts[:, 1], flags.astype(float)]))
+        lo, hi = pts.min(0), pts.max(0)
+        boxes.append([*lo, *(hi - lo)])
+    key = "Tr" if split == "train" else "T"
+    scipy.io.savemat(path, {f"Is{key}": images, f"phis{key}": np.array(shapes),
+                            f"bboxes{key}": np.array(boxes)})
+
+
+@pytest.mark.slow
+def test_occlusion_head_study_on_cofw_uses_its_occlusion_flags(ablation, tmp_path):
+    root = tmp_path / "COFW"
+    root.mkdir()
+    _write_cofw(root / "COFW_train.mat", "train", 16, seed=1)
+    _write_cofw(root / "COFW_test.mat", "test", 12, seed=2)
+    out = tmp_path / "out"
+    assert ablation.main(["--quick", "--study", "occlusion_head", "--data", f"cofw:{root}", "--seeds", "0",
+                          "--batch-size", "4", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["data"] == f"cofw:{root}"
+    _check_occlusion_head(results, [0], "test")
+    run = results["runs"]["base"]["0"]
+    assert "sweep" not in run and run["occlusion"]["test"]["visible_nme"]["0%-10%"]["count"] > 0
