@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_shape
-from .schemes import LandmarkScheme, get_scheme, scheme_for_num_landmarks
+from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme, scheme_for_num_landmarks
 
 __all__ = [
     "NORMALIZATIONS",
@@ -33,9 +33,6 @@ __all__ = [
     "nme",
     "normalizing_distance",
 ]
-
-#: WFLW's six attribute flags, in the order of the annotation files.
-WFLW_ATTRIBUTES: tuple[str, ...] = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
 
 
 def _as_tensor(name: str, value: object) -> Tensor:

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..adjacency import check_adjacency
+from .._checks import check_adjacency
 
-__all__ = ["NeighborTable", "mask_to_index", "reverse_table"]
+__all__ = ["NeighborTable", "as_neighbor_table", "mask_to_index", "reverse_table"]
 
 
 def mask_to_index(mask: Tensor) -> Tensor:
@@ -175,3 +175,14 @@ class NeighborTable(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_nodes={self.num_nodes}, max_degree={self.max_degree}, edges={int(self.valid.sum())}"
+
+
+def as_neighbor_table(adjacency: Tensor | NeighborTable) -> NeighborTable:
+    """``adjacency`` itself when it is a :class:`NeighborTable` (layers share it), else a new one.
+
+    Example:
+        >>> table = as_neighbor_table(torch.eye(3, dtype=torch.bool))
+        >>> as_neighbor_table(table) is table, table.max_degree
+        (True, 1)
+    """
+    return adjacency if isinstance(adjacency, NeighborTable) else NeighborTable(adjacency)
