@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_shape
+from .registry import Registry
 from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme, scheme_for_num_landmarks
 
 __all__ = [
@@ -91,11 +92,11 @@ def _bbox_distance(target: Tensor, mask: Tensor | None, scheme: LandmarkScheme |
 
 
 #: How a normalising distance ``Tensor[B]`` comes from the targets ``Tensor[B, N, 2]``.
-NORMALIZATIONS: dict[str, Callable[[Tensor, Tensor | None, LandmarkScheme | None], Tensor]] = {
-    "inter_ocular": _eye_distance("inter_ocular"),
-    "inter_pupil": _eye_distance("inter_pupil"),
-    "bbox": _bbox_distance,
-}
+NORMALIZATIONS: Registry[Callable[[Tensor, Tensor | None, LandmarkScheme | None], Tensor]] = Registry(
+    "normalization")
+NORMALIZATIONS.register("inter_ocular", _eye_distance("inter_ocular"))
+NORMALIZATIONS.register("inter_pupil", _eye_distance("inter_pupil"))
+NORMALIZATIONS.register("bbox", _bbox_distance)
 
 
 def normalizing_distance(

@@ -1,11 +1,11 @@
 """Named choices of one kind, filled by a decorator or a call: the one registry mechanism.
 
-Landmark schemes, data sets, backbones, heads, adjacencies, losses, optimisers, schedules, face
-detectors and the command's subcommands are each a :class:`Registry`. Registering a name makes it
-available everywhere at once: in Python (``registry.get(name)``), in :class:`TrainConfig
-<landmark_graph.engine.TrainConfig>` and in the ``choices`` of the ``landmark-graph`` command,
-which are read from the registries when it parses (``landmark-graph --plugin MODULE`` imports a
-module of your registrations first).
+Landmark schemes, NME normalisations, data sets, backbones, heads, adjacencies, losses,
+optimisers, schedules, face detectors and the command's subcommands are each a :class:`Registry`.
+Registering a name makes it available everywhere at once: in Python (``registry.get(name)``), in
+:class:`~landmark_graph.training.TrainConfig` and in the ``choices`` of the ``landmark-graph``
+command, which are read from the registries when it parses (``landmark-graph --plugin MODULE``
+imports a module of your registrations first).
 
 Example:
     >>> ACTIVATIONS = Registry("activation")
