@@ -6,6 +6,7 @@ dtype) whose message names the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "check_mask",
     "check_ndim",
     "check_param_dtype",
+    "check_positive",
     "check_shape",
     "check_tensor",
     "materialized",
@@ -73,6 +75,14 @@ def check_mask(mask: Tensor | None, batch: int, num_nodes: int, device: torch.de
     if mask.dtype != torch.bool and not bool(((mask >= 0) & (mask <= 1)).all()):
         raise ValueError("mask must hold 0/1 or weights in [0, 1], got NaN, inf or values outside [0, 1]")
     return mask
+
+
+def check_positive(**values: float) -> None:
+    """Each keyword is a finite real number > 0 (a bool is not)."""
+    for name, value in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def check_finite(where: str = "", /, **tensors: Tensor) -> None:

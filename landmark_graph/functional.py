@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape
+from ._checks import check_finite, check_floating, check_mask, check_ndim, check_positive, check_shape
 from .adjacency import as_square_mask
 
 __all__ = ["laplacian_matrix", "relative_location_loss", "soft_wing_loss", "wing_loss"]
@@ -59,13 +59,6 @@ def _zero_hidden(pred: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Ten
     return pred, target
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def soft_wing_loss(
     pred: Tensor,
     target: Tensor,
@@ -98,7 +91,7 @@ def soft_wing_loss(
         tensor([[[1., 0.]]])
     """
     _check_pair(pred, target)
-    _check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
+    check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
     pred, target = _zero_hidden(pred, target, mask)
     err = (pred - target).abs()
@@ -134,7 +127,7 @@ def wing_loss(
         True
     """
     _check_pair(pred, target)
-    _check_positive(omega=omega, epsilon=epsilon)
+    check_positive(omega=omega, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
     pred, target = _zero_hidden(pred, target, mask)
     err = (pred - target).abs()
