@@ -102,7 +102,7 @@ _HELP = {
     "augment": "strength of the training augmentation of a real data set: 1 is the paper's (rotation, "
                "shift, scale, flip, an occluding rectangle), 0 turns it off (to sanity-check a data set); "
                "synthetic faces are not augmented",
-    "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
+    "backbone": "{backbones} (the resnets, mobilenet and efficientnet need torchvision) or timm:<name>",
     "backbone_width": "channels of the small backbone's first layer (doubling at each of its 4 layers)",
     "pretrained": "start a torchvision or timm backbone from its ImageNet weights",
     "head": "lgrl (the paper's landmark-graph head) or fc (baseline)",
@@ -152,6 +152,7 @@ def _config_choices() -> dict[str, list[str]]:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    from .backbones import BACKBONES
     from .training import TrainConfig
 
     choices = _config_choices()
@@ -166,7 +167,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
             parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
         else:
             kind = _OPTIONAL_TYPES.get(f.name, type(f.default))
-            help_text = _HELP.get(f.name, "")
+            help_text = _HELP.get(f.name, "").replace("{backbones}", ", ".join(BACKBONES))
             if f.default is not None and "(default:" not in help_text:
                 help_text += f" (default: {f.default})"
             parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
