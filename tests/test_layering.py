@@ -36,7 +36,8 @@ APPLICATION = [
 DATA = ["landmark_graph.data"]
 # The bottom layer: the ops and the helpers every layer uses.
 BASE = ["landmark_graph.ops", "landmark_graph._checks", "landmark_graph.registry"]
-# Modules that only re-export others (thin aliases): they may import any layer.
+# Modules that only re-export others, which may import any layer: the package, and after the move
+# the thin aliases left at the old paths (landmark_graph.training -> landmark_graph.engine...).
 ALIASES = ["landmark_graph"]
 
 

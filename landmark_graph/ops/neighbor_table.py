@@ -82,10 +82,8 @@ def _derived(mask: Tensor) -> dict[str, Tensor]:
 class NeighborTable(nn.Module):
     """A graph's ``(N, K)`` neighbour table, built once and moved with the model.
 
-    The boolean mask is the persistent state (it is saved in ``state_dict``); the index table and
-    its reverse (:func:`reverse_table`, used by the backward pass of
-    :func:`~landmark_graph.ops.neighbor_aggregate`) are derived from it, so they are rebuilt, not
-    stored, and move with the module (``.to(device)``).
+    Only the boolean mask is saved in ``state_dict``; the index table and its reverse
+    (:func:`reverse_table`) are rebuilt from it, and move with the module.
 
     Args:
         adjacency: ``BoolTensor[N, N]`` (or any tensor whose nonzeros are edges), rows are
@@ -127,8 +125,7 @@ class NeighborTable(nn.Module):
     @property
     def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(index, reverse_index, reverse_slot, forward_slot)``, the arguments of the op."""
-        b = self._buffers  # read directly: nn.Module.__getattr__ would search three dicts a buffer
-        return b["index"], b["reverse_index"], b["reverse_slot"], b["forward_slot"]
+        return self.index, self.reverse_index, self.reverse_slot, self.forward_slot
 
     @property
     def num_nodes(self) -> int:
