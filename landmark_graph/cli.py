@@ -64,7 +64,9 @@ def import_plugins(names: Sequence[str]) -> None:
             else:
                 importlib.import_module(name)
         except ImportError as error:
-            raise ImportError(f"plugin {name!r} cannot be imported: {error}") from error
+            hint = (" (a module on sys.path; a file is given by its path, ending in .py)"
+                    if isinstance(error, ModuleNotFoundError) and error.name == name else "")
+            raise ImportError(f"plugin {name!r} cannot be imported: {error}{hint}") from error
 
 
 def _plugins(argv: Sequence[str]) -> list[str]:
