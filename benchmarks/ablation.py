@@ -63,7 +63,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landmark_graph.cli import _pyplot
+from landmark_graph.drawing import pyplot
 from landmark_graph.heads import LGRLHead
 from landmark_graph.metrics import LandmarkEvaluator
 from landmark_graph.schemes import get_scheme
@@ -610,7 +610,7 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     """The occlusion sweep, NME vs k and the head x loss bars, as PNGs; returns the paths."""
-    plt = _pyplot()
+    plt = pyplot(required=False)
     if plt is None:
         return []
     paths = []

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from landmark_graph.cli import _pyplot
+from landmark_graph.drawing import pyplot
 from landmark_graph.data.synthetic import SyntheticConfig, SyntheticFaces, synthesize_face
 from landmark_graph.metrics import nme
 from landmark_graph.training import CachedDataset, TrainConfig, train
@@ -60,7 +60,7 @@ for name, out in outputs.items():
     print(f"{name}: this face's NME {nme(out.landmarks, target).item():.4f}, visible-only "
           f"{nme(out.landmarks, target, mask=~occluded[None]).item():.4f}")
 
-plt = _pyplot()
+plt = pyplot(required=False)
 if plt is None:
     sys.exit(0)
 from matplotlib.collections import LineCollection  # noqa: E402  (matplotlib is optional)

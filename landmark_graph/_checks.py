@@ -6,6 +6,7 @@ dtype) whose message names the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,8 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
 __all__ = [
+    "as_square_mask",
+    "check_adjacency",
     "check_boxes",
     "check_feature_map",
     "check_finite",
@@ -21,6 +24,7 @@ __all__ = [
     "check_mask",
     "check_ndim",
     "check_param_dtype",
+    "check_positive",
     "check_shape",
     "check_tensor",
     "materialized",
@@ -71,6 +75,14 @@ def check_mask(mask: Tensor | None, batch: int, num_nodes: int, device: torch.de
     if mask.dtype != torch.bool and not bool(((mask >= 0) & (mask <= 1)).all()):
         raise ValueError("mask must hold 0/1 or weights in [0, 1], got NaN, inf or values outside [0, 1]")
     return mask
+
+
+def check_positive(**values: float) -> None:
+    """Each keyword is a finite real number > 0 (a bool is not)."""
+    for name, value in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def check_finite(where: str = "", /, **tensors: Tensor) -> None:
@@ -131,3 +143,36 @@ def check_boxes(name: str, boxes: object) -> np.ndarray:
     if not ((array[:, 2] > array[:, 0]) & (array[:, 3] > array[:, 1])).all():
         raise ValueError(f"{name} needs x_max > x_min and y_max > y_min, got {array.tolist()}")
     return array
+
+
+def as_square_mask(adjacency: object, name: str = "adjacency") -> Tensor:
+    """A bool, integer or floating tensor or array ``(N, N)`` -> ``BoolTensor[N, N]`` of its nonzeros.
+
+    Keeps the device; raises on another type or shape, ``N = 0``, NaN or inf.
+    """
+    if isinstance(adjacency, np.ndarray):
+        adjacency = torch.from_numpy(adjacency)
+    if not isinstance(adjacency, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(adjacency).__name__}")
+    if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
+        raise ValueError(f"{name} must be a square (N, N) mask, got shape {tuple(adjacency.shape)}")
+    if adjacency.shape[0] < 1:
+        raise ValueError(f"{name} must have at least one node, got shape {tuple(adjacency.shape)}")
+    if adjacency.is_complex():
+        raise TypeError(f"{name} must be bool or real, got dtype {adjacency.dtype}")
+    if adjacency.is_floating_point() and not bool(torch.isfinite(adjacency).all()):
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return adjacency.detach() != 0
+
+
+def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
+    """Validate a neighbourhood mask and return it as a CPU ``BoolTensor[N, N]``.
+
+    Accepts what :func:`as_square_mask` does. A row with no edge at all is an error; self loops
+    are added where missing, since every formula of the paper keeps them.
+    """
+    mask = as_square_mask(adjacency, name).cpu()
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"{name} has empty rows {empty[:10]}: every node needs at least one edge")
+    return mask | torch.eye(mask.shape[0], dtype=torch.bool)

@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# The mask checks sit with the other input checks, below ops/, which needs them too.
+from ._checks import as_square_mask, check_adjacency
+
 __all__ = ["as_square_mask", "build_correlation_adjacency", "check_adjacency", "index_order_adjacency"]
 
 
@@ -126,36 +129,3 @@ def index_order_adjacency(num_landmarks: int, k: int = 3) -> Tensor:
 def _check_k(k: int, n: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n:
         raise ValueError(f"k must be an int with 1 <= k < N={n}, got {k!r}")
-
-
-def as_square_mask(adjacency: object, name: str = "adjacency") -> Tensor:
-    """A bool, integer or floating tensor or array ``(N, N)`` -> ``BoolTensor[N, N]`` of its nonzeros.
-
-    Keeps the device; raises on another type or shape, ``N = 0``, NaN or inf.
-    """
-    if isinstance(adjacency, np.ndarray):
-        adjacency = torch.from_numpy(adjacency)
-    if not isinstance(adjacency, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(adjacency).__name__}")
-    if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
-        raise ValueError(f"{name} must be a square (N, N) mask, got shape {tuple(adjacency.shape)}")
-    if adjacency.shape[0] < 1:
-        raise ValueError(f"{name} must have at least one node, got shape {tuple(adjacency.shape)}")
-    if adjacency.is_complex():
-        raise TypeError(f"{name} must be bool or real, got dtype {adjacency.dtype}")
-    if adjacency.is_floating_point() and not bool(torch.isfinite(adjacency).all()):
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return adjacency.detach() != 0
-
-
-def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
-    """Validate a neighbourhood mask and return it as a CPU ``BoolTensor[N, N]``.
-
-    Accepts what :func:`as_square_mask` does. A row with no edge at all is an error; self loops
-    are added where missing, since every formula of the paper keeps them.
-    """
-    mask = as_square_mask(adjacency, name).cpu()
-    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"{name} has empty rows {empty[:10]}: every node needs at least one edge")
-    return mask | torch.eye(mask.shape[0], dtype=torch.bool)

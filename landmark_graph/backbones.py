@@ -1,6 +1,6 @@
 """Backbones by name: images ``(B, 3, H, W)`` to a feature map ``(B, C, h, w)`` for a landmark head.
 
-A registry maps a name to a builder ``(pretrained) -> (module, channels)``:
+The registry :data:`BACKBONES` maps a name to a builder ``(pretrained) -> (module, channels)``:
 
 - ``"small"``: a tiny built-in CNN, fast enough to train on CPU in the demo;
 - ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"mobilenet_v2"``, ``"efficientnet_b0"``:
@@ -9,7 +9,8 @@ A registry maps a name to a builder ``(pretrained) -> (module, channels)``:
 - ``"timm:<name>"``: any timm model that supports ``features_only`` (timm needed); its last
   feature map is used.
 
-Register more with :func:`register_backbone`.
+Register more with :func:`register_backbone`, as a decorator or a call (a plugin module that
+does so makes the name usable from ``landmark-graph --plugin MODULE train --backbone NAME``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import importlib.metadata
 from collections.abc import Callable
 
 from torch import Tensor, nn
+
+from .registry import Registry
 
 __all__ = [
     "BACKBONES",
@@ -30,14 +33,23 @@ __all__ = [
 ]
 
 Builder = Callable[[bool], tuple[nn.Module, int]]
-BACKBONES: dict[str, Builder] = {}
+#: The registered backbone builders by name.
+BACKBONES: Registry[Builder] = Registry("backbone")
 
 
-def register_backbone(name: str, builder: Builder, *, overwrite: bool = False) -> None:
-    """Add ``builder(pretrained) -> (module, channels)`` under ``name``."""
-    if name in BACKBONES and not overwrite:
-        raise ValueError(f"backbone {name!r} is already registered; pass overwrite=True to replace it")
-    BACKBONES[name] = builder
+def register_backbone(name: str, builder: Builder | None = None, *, overwrite: bool = False):
+    """Add ``builder(pretrained) -> (module, channels)`` under ``name`` and return it; without
+    ``builder``, a decorator that does so.
+
+    Example:
+        >>> @register_backbone("tiny")
+        ... def tiny(pretrained: bool):
+        ...     return SmallCNN(width=4, depth=2), 8
+        >>> build_backbone("tiny")[1]
+        8
+        >>> BACKBONES.unregister("tiny")
+    """
+    return BACKBONES.register(name, builder, overwrite=overwrite)
 
 
 def _optional(module: str, extra: str):
@@ -169,7 +181,12 @@ def _timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     return _LastFeatureMap(model), int(model.feature_info.channels()[-1])
 
 
-register_backbone("small", lambda pretrained: (module := SmallCNN(), module.out_channels))
+@register_backbone("small")
+def _small(pretrained: bool) -> tuple[nn.Module, int]:
+    module = SmallCNN()
+    return module, module.out_channels
+
+
 for _name, _channels in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)):
     register_backbone(_name, _torchvision(_name, _resnet_trunk, _channels))
 register_backbone("mobilenet_v2", _torchvision("mobilenet_v2", _features_trunk, 1280))
@@ -178,7 +195,7 @@ register_backbone("efficientnet_b0", _torchvision("efficientnet_b0", _features_t
 
 def available_backbones() -> list[str]:
     """Registered names (``"timm:<name>"`` is accepted on top of these)."""
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]:
@@ -201,4 +218,4 @@ def build_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]
         raise ValueError(f"backbone must be one of {available_backbones()} or 'timm:<name>', got {name!r}")
     if pretrained and name == "small":
         raise ValueError("backbone 'small' has no pretrained weights; drop pretrained")
-    return BACKBONES[name](pretrained)
+    return BACKBONES.get(name)(pretrained)

@@ -1,8 +1,13 @@
 """The ``landmark-graph`` command (also ``python -m landmark_graph``).
 
-Subcommands live in :data:`SUBCOMMANDS`, ``name -> (add_arguments, run)``: ``add_arguments``
-fills an ``argparse`` parser, ``run(args) -> exit code`` does the work (its docstring's first
-line is the help). Another module adds one with :func:`register_subcommand`.
+Subcommands live in the registry :data:`SUBCOMMANDS`, ``name -> (add_arguments, run)``:
+``add_arguments`` fills an ``argparse`` parser, ``run(args) -> exit code`` does the work (its
+docstring's first line is the help). Another module adds one with :func:`register_subcommand`.
+
+The choices of the options (``--scheme``, ``--head``, ``--loss``, ``--detector``, ...) are read
+from the registries when the parser is built, after ``--plugin MODULE`` (repeatable; also the
+comma-separated ``LANDMARK_GRAPH_PLUGINS``) has imported a module, or a ``.py`` file, whose
+registrations thereby become usable: ``landmark-graph --plugin my_schemes train --scheme five``.
 
 User errors (a bad option, a missing file, a checkpoint from another configuration, a missing
 optional dependency) print one line on stderr and exit with code 2, without a traceback.
@@ -12,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +29,16 @@ from pathlib import Path
 import torch
 
 from .export import add_export_arguments, run_export_command
+from .registry import Registry
 
-__all__ = ["SUBCOMMANDS", "UsageError", "main", "register_subcommand"]
+__all__ = ["PLUGINS_ENV", "SUBCOMMANDS", "UsageError", "config_from_args", "import_plugins", "main",
+           "register_subcommand"]
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
-SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {}
+SUBCOMMANDS: Registry[tuple[AddArguments, Run]] = Registry("subcommand")
+#: Environment variable naming plugin modules (comma-separated) imported before parsing.
+PLUGINS_ENV = "LANDMARK_GRAPH_PLUGINS"
 
 
 class UsageError(Exception):
@@ -35,9 +47,40 @@ class UsageError(Exception):
 
 def register_subcommand(name: str, add_arguments: AddArguments, run: Run) -> None:
     """Add ``landmark-graph NAME``; ``run.__doc__``'s first line is its help."""
-    if name in SUBCOMMANDS:
-        raise ValueError(f"subcommand {name!r} is already registered")
-    SUBCOMMANDS[name] = (add_arguments, run)
+    SUBCOMMANDS.register(name, (add_arguments, run))
+
+
+def import_plugins(names: Sequence[str]) -> None:
+    """Import each module name (or ``.py`` file) for its registrations (schemes, backbones, ...)."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                if not Path(name).is_file():
+                    raise FileNotFoundError(f"plugin file {name!r} does not exist")
+                spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+                module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+                sys.modules[module.__name__] = module
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+            else:
+                importlib.import_module(name)
+        except ImportError as error:
+            hint = (" (a module on sys.path; a file is given by its path, ending in .py)"
+                    if isinstance(error, ModuleNotFoundError) and error.name == name else "")
+            raise ImportError(f"plugin {name!r} cannot be imported: {error}{hint}") from error
+
+
+def _plugins(argv: Sequence[str]) -> list[str]:
+    """The plugins of the environment and of the ``--plugin`` options before the subcommand."""
+    names = [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+    argv = list(argv)
+    for i, token in enumerate(argv):
+        if not token.startswith("-"):
+            break
+        if token == "--plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif token.startswith("--plugin="):
+            names.append(token.partition("=")[2])
+    return names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +104,7 @@ _HELP = {
     "augment": "strength of the training augmentation of a real data set: 1 is the paper's (rotation, "
                "shift, scale, flip, an occluding rectangle), 0 turns it off (to sanity-check a data set); "
                "synthetic faces are not augmented",
-    "backbone": "small, resnet18/34/50, mobilenet_v2, efficientnet_b0 (torchvision) or timm:<name>",
+    "backbone": "{backbones} (the resnets, mobilenet and efficientnet need torchvision) or timm:<name>",
     "backbone_width": "channels of the small backbone's first layer (doubling at each of its 4 layers)",
     "pretrained": "start a torchvision or timm backbone from its ImageNet weights",
     "head": "lgrl (the paper's landmark-graph head) or fc (baseline)",
@@ -111,15 +154,18 @@ _OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out
 
 def _config_choices() -> dict[str, list[str]]:
     from . import training
+    from .edge_weights import EDGE_WEIGHT_MODES
+    from .schemes import SCHEMES
 
-    return {"dataset": sorted(training.DATASETS), "head": sorted(training.HEADS),
-            "loss": sorted(training.LOSSES), "optimizer": sorted(training.OPTIMIZERS),
-            "schedule": sorted(training.SCHEDULES), "adjacency": sorted(training.ADJACENCIES),
-            "edge_weights": ["dynamic", "static", "binary"], "scheme": ["wflw98", "300w68", "cofw29"],
+    return {"dataset": training.DATASETS.names(), "head": training.HEADS.names(),
+            "loss": training.LOSSES.names(), "optimizer": training.OPTIMIZERS.names(),
+            "schedule": training.SCHEDULES.names(), "adjacency": training.ADJACENCIES.names(),
+            "edge_weights": list(EDGE_WEIGHT_MODES), "scheme": SCHEMES.names(),
             "embedding": list(training.EMBEDDINGS)}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    from .backbones import BACKBONES
     from .training import TrainConfig
 
     choices = _config_choices()
@@ -134,7 +180,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
             parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
         else:
             kind = _OPTIONAL_TYPES.get(f.name, type(f.default))
-            help_text = _HELP.get(f.name, "")
+            help_text = _HELP.get(f.name, "").replace("{backbones}", ", ".join(BACKBONES))
             if f.default is not None and "(default:" not in help_text:
                 help_text += f" (default: {f.default})"
             parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
@@ -142,7 +188,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
                                 help=help_text.strip())
 
 
-def _config_from_args(args: argparse.Namespace, **overrides):
+def config_from_args(args: argparse.Namespace, **overrides):
+    """The :class:`~landmark_graph.training.TrainConfig` of parsed ``train`` options (plus ``overrides``)."""
     from .training import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -190,7 +237,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .training import train
 
     _set_threads(args.threads)
-    config = _config_from_args(args, out_dir=args.out_dir or _default_out_dir(args.resume))
+    config = config_from_args(args, out_dir=args.out_dir or _default_out_dir(args.resume))
     result = train(config, log=print)
     if result["checkpoint"]:
         print(f"checkpoint: {result['checkpoint']}")
@@ -222,7 +269,7 @@ def _device(name: str) -> torch.device:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint: NME, FR and AUC on the test set(s) of its (or another) data set."""
-    from .training import DATASETS, CheckpointError, _loader, evaluate, model_from_checkpoint
+    from .training import DATASETS, CheckpointError, build_loader, evaluate, model_from_checkpoint
 
     _set_threads(args.threads)
     device = _device(args.device)
@@ -230,7 +277,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root),
                                  ("test_size", args.test_size), ("batch_size", args.batch_size)) if v}
     if args.dataset and args.dataset not in DATASETS:
-        raise UsageError(f"--dataset must be one of {sorted(DATASETS)}, got {args.dataset!r}")
+        raise UsageError(f"--dataset must be one of {DATASETS.names()}, got {args.dataset!r}")
     config = dataclasses.replace(saved, **changes)
     # Synthetic faces come in any scheme; a real data set has its own.
     wanted = saved.scheme_name if config.dataset == "synthetic" else DATASETS[config.dataset].scheme
@@ -238,7 +285,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint!r} predicts scheme {saved.scheme_name!r}; "
                               f"data set {config.dataset!r} uses {wanted!r}")
     _, test_sets = DATASETS[config.dataset].build(config)
-    metrics = {name: evaluate(model, _loader(ds, config), saved.scheme_name, device)
+    metrics = {name: evaluate(model, build_loader(ds, config), saved.scheme_name, device)
                for name, ds in test_sets.items()}
     _print_metrics(metrics)
     if args.json:
@@ -247,6 +294,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    from .detectors import DETECTORS
+
     parser.add_argument("checkpoint", help="a checkpoint written by train")
     parser.add_argument("images", nargs="+", help="image files or folders (every image Pillow opens in them)")
     boxes = parser.add_mutually_exclusive_group()
@@ -255,8 +304,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                             "'image x0 y0 x1 y1' (see docs/cli.md)")
     boxes.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                        help="a face box in the one image given (repeat for several faces)")
-    boxes.add_argument("--detector", help="find the faces with this detector (built in: haar, "
-                                          "pip install 'landmark-graph[detect]')")
+    boxes.add_argument("--detector", help=f"find the faces with this detector ({', '.join(DETECTORS)}; "
+                                          "haar: pip install 'landmark-graph[detect]')")
     parser.add_argument("--min-score", type=float, help="drop detections scoring lower")
     parser.add_argument("--output", help="write the landmarks as JSON here (default: print them)")
     parser.add_argument("--draw", metavar="DIR", help="save each image with its faces drawn in DIR")
@@ -302,7 +351,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .data import load_image
-    from .drawing import save_face_drawing
+    from .drawing import pyplot, save_face_drawing
     from .inference import LandmarkPredictor, boxes_for, list_images, read_boxes
 
     _set_threads(args.threads)
@@ -317,7 +366,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError("--min-score filters a --detector's faces; give one")
     predictor = LandmarkPredictor.from_checkpoint(args.checkpoint, device, detector=args.detector,
                                                   min_score=args.min_score, batch_size=args.batch_size)
-    draw = args.draw if args.draw and _pyplot() is not None else None
+    draw = args.draw if args.draw and pyplot(required=False) is not None else None
     if draw:
         Path(draw).mkdir(parents=True, exist_ok=True)
     sizes: list[tuple[int, int]] = []
@@ -351,32 +400,20 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pyplot():
-    """matplotlib's pyplot with a file backend, or ``None`` (with a message) when not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the PNGs (pip install 'landmark-graph[viz]')",
-              file=sys.stderr)
-        return None
-    return plt
-
-
 # ---------------------------------------------------------------------------------------------
 # demo.
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .schemes import SCHEMES
+
     parser.add_argument("--steps", type=int, default=600, help="training steps per model (default: 600)")
     parser.add_argument("--out", default="landmark-graph-demo", help="folder for the PNGs and results.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default: 1; the demo's layers are too small to gain much "
                              "from more, and a shared machine slows down badly with them)")
-    parser.add_argument("--scheme", default="wflw98", choices=["wflw98", "300w68", "cofw29"])
+    parser.add_argument("--scheme", default="wflw98", choices=SCHEMES.names())
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--test-size", type=int, default=300)
@@ -403,6 +440,7 @@ def demo_config(args: argparse.Namespace, head: str):
 
 def _run_demo(args: argparse.Namespace) -> int:
     """Train a small CNN with LGRLHead and with FCHead on synthetic faces; compare them."""
+    from .drawing import pyplot
     from .training import DATASETS, CachedDataset, train
 
     if args.steps < 1:
@@ -423,7 +461,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {head: {"metrics": r["metrics"], "seconds": r["seconds"]} for head, r in results.items()}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    if not args.no_plots and (plt := _pyplot()) is not None:
+    if not args.no_plots and (plt := pyplot(required=False)) is not None:
         _plot_predictions(plt, results, test_sets, out / "predictions.png")
         _plot_adjacency(plt, results["lgrl"]["model"], test_sets["occluded"], out / "adjacency.png")
         print(f"wrote {out / 'predictions.png'} and {out / 'adjacency.png'}")
@@ -495,6 +533,9 @@ register_subcommand("export", add_export_arguments, run_export_command)
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="landmark-graph", description="Structure-coherent face alignment: train, "
                      "evaluate and run landmark-graph models.")
+    parser.add_argument("--plugin", action="append", metavar="MODULE",
+                        help=f"import MODULE (or a .py file) first, for the schemes, backbones, heads, ... "
+                             f"it registers (repeatable; also ${PLUGINS_ENV}, comma-separated)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     for name, (add_arguments, run) in SUBCOMMANDS.items():
@@ -512,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     user_errors = (UsageError, ValueError, FileNotFoundError, ImportError, CheckpointError, AnnotationError)
     try:
+        import_plugins(_plugins(sys.argv[1:] if argv is None else argv))
         args = build_parser().parse_args(argv)
         return args.run(args)
     except user_errors as error:

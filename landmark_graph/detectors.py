@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_boxes
+from .registry import Registry
 
 __all__ = [
     "DETECTORS",
@@ -128,7 +129,7 @@ class Detector:
 
 
 #: Registered detectors by name.
-DETECTORS: dict[str, Detector] = {}
+DETECTORS: Registry[Detector] = Registry("detector")
 
 
 def register_detector(name: str, *, box_map: BoxMap = BoxMap()) -> Callable[[DetectorFn], DetectorFn]:
@@ -147,13 +148,11 @@ def register_detector(name: str, *, box_map: BoxMap = BoxMap()) -> Callable[[Det
         ...     return np.array([[w / 2 - r, h / 2 - r, w / 2 + r, h / 2 + r]]), np.ones(1)
         >>> get_detector("centre-square")(np.zeros((40, 60, 3), np.uint8))[0].tolist()
         [[20.0, 10.0, 40.0, 30.0]]
-        >>> del DETECTORS["centre-square"]
+        >>> DETECTORS.unregister("centre-square")
     """
 
     def add(fn: DetectorFn) -> DetectorFn:
-        if name in DETECTORS:
-            raise ValueError(f"detector {name!r} is already registered")
-        DETECTORS[name] = Detector(name, fn, box_map)
+        DETECTORS.register(name, Detector(name, fn, box_map))
         return fn
 
     return add
@@ -165,9 +164,7 @@ def get_detector(name: str) -> Detector:
     module, _, short = name.rpartition(":")
     if module:
         importlib.import_module(module)
-    if short not in DETECTORS:
-        raise ValueError(f"unknown detector {short!r}; registered: {sorted(DETECTORS)}")
-    return DETECTORS[short]
+    return DETECTORS.get(short)
 
 
 @functools.cache

@@ -6,13 +6,34 @@ Needs matplotlib (``pip install 'landmark-graph[viz]'``), imported when a functi
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from .schemes import LandmarkScheme, get_scheme
 
-__all__ = ["draw_landmarks", "save_face_drawing"]
+__all__ = ["draw_landmarks", "pyplot", "save_face_drawing"]
+
+
+def pyplot(required: bool = True):
+    """matplotlib's ``pyplot`` on the file backend ``Agg``.
+
+    Where matplotlib is missing: an ``ImportError`` naming the extra, or, with ``required=False``,
+    ``None`` and a line on stderr saying the pictures are skipped.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        if required:
+            raise ImportError("drawing needs matplotlib: pip install 'landmark-graph[viz]'") from error
+        print("matplotlib is not installed: skipping the PNGs (pip install 'landmark-graph[viz]')",
+              file=sys.stderr)
+        return None
+    return plt
 
 
 def draw_landmarks(ax, points: np.ndarray, scheme: LandmarkScheme | str | None, color: str,
@@ -40,13 +61,7 @@ def save_face_drawing(
     """Save ``image`` with each :class:`~landmark_graph.inference.Face`'s box (and score) and
     landmarks (green; red crosses on those whose visibility is under 0.5), and the ground truth
     ``ndarray[N, 2]`` (white) when given, as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("drawing needs matplotlib: pip install 'landmark-graph[viz]'") from error
+    plt = pyplot()
     height, width_px = image.shape[:2]
     fig, ax = plt.subplots(figsize=(width, width * height / width_px))
     ax.imshow(image)

@@ -15,15 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_floating, check_ndim, check_param_dtype, materialized
-from .ops import NeighborTable, edge_softmax
+from .ops import NeighborTable, as_neighbor_table, edge_softmax
 
 __all__ = ["EDGE_WEIGHT_MODES", "DynamicAdjacency"]
 
 EDGE_WEIGHT_MODES = ("dynamic", "static", "binary")
-
-
-def _as_table(adjacency: Tensor | NeighborTable) -> NeighborTable:
-    return adjacency if isinstance(adjacency, NeighborTable) else NeighborTable(adjacency)
 
 
 class DynamicAdjacency(nn.Module):
@@ -64,7 +60,7 @@ class DynamicAdjacency(nn.Module):
             raise ValueError(f"in_features must be a positive int or None, got {in_features!r}")
         if not isinstance(hidden_features, int) or hidden_features < 1:
             raise ValueError(f"hidden_features must be a positive int, got {hidden_features!r}")
-        self.table = _as_table(adjacency)
+        self.table = as_neighbor_table(adjacency)
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.hidden = (

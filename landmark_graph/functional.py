@@ -19,7 +19,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_floating, check_mask, check_ndim, check_shape, check_tensor
+from ._checks import (
+    check_finite,
+    check_floating,
+    check_mask,
+    check_ndim,
+    check_positive,
+    check_shape,
+    check_tensor,
+)
 from .adjacency import as_square_mask
 from .attention import grid_coordinates
 from .ops import NeighborTable
@@ -74,13 +82,6 @@ def _zero_hidden(mask: Tensor | None, **tensors: Tensor) -> list[Tensor]:
     return list(tensors.values())
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def soft_wing_loss(
     pred: Tensor,
     target: Tensor,
@@ -113,7 +114,7 @@ def soft_wing_loss(
         tensor([[[1., 0.]]])
     """
     _check_pair(pred, target)
-    _check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
+    check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
     pred, target = _zero_hidden(mask, pred=pred, target=target)
     err = (pred - target).abs()
@@ -149,7 +150,7 @@ def wing_loss(
         True
     """
     _check_pair(pred, target)
-    _check_positive(omega=omega, epsilon=epsilon)
+    check_positive(omega=omega, epsilon=epsilon)
     mask = check_mask(mask, pred.shape[0], pred.shape[1], pred.device)
     pred, target = _zero_hidden(mask, pred=pred, target=target)
     err = (pred - target).abs()
@@ -259,7 +260,7 @@ def attention_heatmap_loss(
     check_floating("target", target)
     check_ndim("logits", logits, 4, "(B, N, H, W)")
     check_shape("target", target, (*logits.shape[:2], 2), "(B, N, 2) matching logits (B, N, H, W)")
-    _check_positive(sigma=sigma)
+    check_positive(sigma=sigma)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     b, n, height, width = logits.shape

@@ -6,9 +6,14 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_floating, check_ndim, check_param_dtype, check_shape, materialized
-from .edge_weights import _as_table
 from .functional import gate_edge_weights
-from .ops import NeighborTable, edge_softmax, neighbor_aggregate, neighbor_softmax_aggregate
+from .ops import (
+    NeighborTable,
+    as_neighbor_table,
+    edge_softmax,
+    neighbor_aggregate,
+    neighbor_softmax_aggregate,
+)
 
 __all__ = ["GraphConv", "GraphResidualBlock"]
 
@@ -70,7 +75,7 @@ class GraphConv(nn.Module):
         self.out_features = out_features
         self.learn_edge_weights = learn_edge_weights
         self.norm_act = norm_act
-        self.table = _as_table(adjacency)
+        self.table = as_neighbor_table(adjacency)
         self.linear = (
             nn.LazyLinear(out_features, bias=False) if in_features is None
             else nn.Linear(in_features, out_features, bias=False)
@@ -173,7 +178,7 @@ class GraphResidualBlock(nn.Module):
         super().__init__()
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be a positive int, got {features!r}")
-        table = _as_table(adjacency)
+        table = as_neighbor_table(adjacency)
         self.conv1 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)
         self.conv2 = GraphConv(features, features, table, learn_edge_weights=learn_edge_weights)
 

@@ -8,6 +8,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from . import functional as LF
+from ._checks import check_positive
 from .adjacency import check_adjacency
 
 __all__ = ["AttentionHeatmapLoss", "LaplaceNLLLoss", "RelativeLocationLoss", "SoftWingLoss", "WingLoss"]
@@ -43,7 +44,7 @@ class SoftWingLoss(nn.Module):
         self, omega1: float = 2.0, omega2: float = 20.0, epsilon: float = 0.5, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        LF._check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
+        check_positive(omega1=omega1, omega2=omega2, epsilon=epsilon)
         self.omega1, self.omega2, self.epsilon = omega1, omega2, epsilon
         self.reduction = _check_reduction(reduction)
 
@@ -80,7 +81,7 @@ class WingLoss(nn.Module):
 
     def __init__(self, omega: float = 10.0, epsilon: float = 2.0, reduction: str = "mean") -> None:
         super().__init__()
-        LF._check_positive(omega=omega, epsilon=epsilon)
+        check_positive(omega=omega, epsilon=epsilon)
         self.omega, self.epsilon = omega, epsilon
         self.reduction = _check_reduction(reduction)
 

@@ -28,7 +28,8 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from ._checks import check_shape
-from .schemes import LandmarkScheme, get_scheme, scheme_for_num_landmarks
+from .registry import Registry
+from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme, scheme_for_num_landmarks
 
 __all__ = [
     "NORMALIZATIONS",
@@ -50,9 +51,6 @@ __all__ = [
     "occlusion_rise",
     "scale_error_spearman",
 ]
-
-#: WFLW's six attribute flags, in the order of the annotation files.
-WFLW_ATTRIBUTES: tuple[str, ...] = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
 
 
 def _as_tensor(name: str, value: object) -> Tensor:
@@ -111,11 +109,11 @@ def _bbox_distance(target: Tensor, mask: Tensor | None, scheme: LandmarkScheme |
 
 
 #: How a normalising distance ``Tensor[B]`` comes from the targets ``Tensor[B, N, 2]``.
-NORMALIZATIONS: dict[str, Callable[[Tensor, Tensor | None, LandmarkScheme | None], Tensor]] = {
-    "inter_ocular": _eye_distance("inter_ocular"),
-    "inter_pupil": _eye_distance("inter_pupil"),
-    "bbox": _bbox_distance,
-}
+NORMALIZATIONS: Registry[Callable[[Tensor, Tensor | None, LandmarkScheme | None], Tensor]] = Registry(
+    "normalization")
+NORMALIZATIONS.register("inter_ocular", _eye_distance("inter_ocular"))
+NORMALIZATIONS.register("inter_pupil", _eye_distance("inter_pupil"))
+NORMALIZATIONS.register("bbox", _bbox_distance)
 
 
 def normalizing_distance(

@@ -29,11 +29,13 @@ import numpy as np
 from torch import Tensor
 
 from .adjacency import build_correlation_adjacency
+from .registry import Registry
 
 __all__ = [
     "BUILTIN_SCHEMES",
     "PART_NAMES",
     "SCHEMES",
+    "WFLW_ATTRIBUTES",
     "LandmarkScheme",
     "get_scheme",
     "register_scheme",
@@ -49,6 +51,8 @@ _MIRROR_PART = {
     name: name.replace("left_", "right_") if name.startswith("left_") else name.replace("right_", "left_")
     for name in PART_NAMES
 }
+#: WFLW's six attribute flags, in the order of the annotation files.
+WFLW_ATTRIBUTES: tuple[str, ...] = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
 # Number of shapes sampled around the template for the default neighbourhood.
 _ADJACENCY_SAMPLES = 2000
 _ADJACENCY_SEED = 0
@@ -480,7 +484,8 @@ def _cofw29() -> LandmarkScheme:
 
 # --- registry ----------------------------------------------------------------------------------
 
-SCHEMES: dict[str, LandmarkScheme] = {}
+#: The registered schemes by name (built-ins first); add one with :func:`register_scheme`.
+SCHEMES: Registry[LandmarkScheme] = Registry("landmark scheme")
 BUILTIN_SCHEMES: tuple[str, ...] = ("wflw98", "300w68", "cofw29")
 
 
@@ -500,15 +505,13 @@ def register_scheme(scheme: LandmarkScheme, *, overwrite: bool = False) -> Landm
         ...     template=[[-0.5, -0.3], [0.5, -0.3], [0, 0.1], [-0.35, 0.5], [0.35, 0.5]])
         >>> register_scheme(five).name, scheme_for_num_landmarks(5).name
         ('five', 'five')
-        >>> del SCHEMES["five"]  # unregister
+        >>> SCHEMES.unregister("five")
     """
     if not isinstance(scheme, LandmarkScheme):
         raise TypeError(f"scheme must be a LandmarkScheme, got {type(scheme).__name__}")
-    if scheme.name in SCHEMES and (not overwrite or scheme.name in BUILTIN_SCHEMES):
-        raise ValueError(f"scheme {scheme.name!r} is already registered; pass overwrite=True to replace it "
-                         "(built-in schemes cannot be replaced)")
-    SCHEMES[scheme.name] = scheme.validate()
-    return scheme
+    if scheme.name in SCHEMES and overwrite and scheme.name in BUILTIN_SCHEMES:
+        raise ValueError(f"scheme {scheme.name!r} is built in: built-in schemes cannot be replaced")
+    return SCHEMES.register(scheme.name, scheme.validate(), overwrite=overwrite)
 
 
 def get_scheme(name: str | LandmarkScheme) -> LandmarkScheme:
@@ -527,9 +530,7 @@ def get_scheme(name: str | LandmarkScheme) -> LandmarkScheme:
         return name
     if not isinstance(name, str):
         raise TypeError(f"scheme must be a name or a LandmarkScheme, got {type(name).__name__}")
-    if name not in SCHEMES:
-        raise ValueError(f"unknown landmark scheme {name!r}; registered: {sorted(SCHEMES)}")
-    return SCHEMES[name]
+    return SCHEMES.get(name)
 
 
 def scheme_for_num_landmarks(num_landmarks: int) -> LandmarkScheme | None:
@@ -539,7 +540,7 @@ def scheme_for_num_landmarks(num_landmarks: int) -> LandmarkScheme | None:
         >>> scheme_for_num_landmarks(98).name, scheme_for_num_landmarks(7)
         ('wflw98', None)
     """
-    return next((s for s in SCHEMES.values() if s.num_points == num_landmarks), None)
+    return next((s for _, s in SCHEMES.items() if s.num_points == num_landmarks), None)
 
 
 for _build in (_wflw98, _300w68, _cofw29):

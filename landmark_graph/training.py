@@ -51,10 +51,13 @@ from .backbones import SmallCNN, build_backbone
 from .heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
 from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
 from .metrics import LandmarkEvaluator, attribute_subsets, occlusion_report
+from .registry import Registry
 from .schemes import get_scheme
 
 __all__ = [
+    "ADJACENCIES",
     "DATASETS",
+    "HEADS",
     "LOSSES",
     "MODEL_KEYS",
     "OPTIMIZERS",
@@ -65,6 +68,7 @@ __all__ = [
     "LandmarkModel",
     "TrainConfig",
     "batch_loss",
+    "build_loader",
     "build_model",
     "evaluate",
     "load_checkpoint",
@@ -232,6 +236,10 @@ class DatasetSpec:
     build: Callable[[TrainConfig], tuple[Dataset, dict[str, Dataset]]]
 
 
+#: Data sets by name (``TrainConfig.dataset``).
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
 def _synthetic(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
     from .data.synthetic import SyntheticFaces
 
@@ -295,12 +303,10 @@ def _real(
     return build
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec("wflw98", _synthetic),
-    "wflw": DatasetSpec("wflw98", _real(_wflw_records)),
-    "300w": DatasetSpec("300w68", _real(_300w_records)),
-    "cofw": DatasetSpec("cofw29", _real(_cofw_records)),
-}
+DATASETS.register("synthetic", DatasetSpec("wflw98", _synthetic))
+DATASETS.register("wflw", DatasetSpec("wflw98", _real(_wflw_records)))
+DATASETS.register("300w", DatasetSpec("300w68", _real(_300w_records)))
+DATASETS.register("cofw", DatasetSpec("cofw29", _real(_cofw_records)))
 
 
 class CachedDataset(Dataset):
@@ -393,6 +399,11 @@ class LandmarkModel(nn.Module):
         return out._replace(landmarks=self.mean_shape + out.landmarks * half, log_scale=log_scale)
 
 
+#: Head builders ``(config, channels, adjacency) -> nn.Module`` by name (``TrainConfig.head``).
+HEADS: Registry[Callable[[TrainConfig, int, Tensor], nn.Module]] = Registry("head")
+
+
+@HEADS.register("lgrl")
 def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
     return LGRLHead(
         adjacency.shape[0], config.k, adjacency=adjacency, in_channels=channels,
@@ -403,19 +414,17 @@ def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
     )
 
 
+@HEADS.register("fc")
 def _fc(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
     return FCHead(adjacency.shape[0], channels, hidden_features=config.head_channels)
 
 
-HEADS: dict[str, Callable[[TrainConfig, int, Tensor], nn.Module]] = {"lgrl": _lgrl, "fc": _fc}
-
-ADJACENCIES: dict[str, Callable[[Any, int, Tensor | None], Tensor]] = {
-    "correlation": lambda scheme, k, shapes: (
-        build_correlation_adjacency(shapes, k) if shapes is not None else scheme.adjacency(k)
-    ),
-    "scheme": lambda scheme, k, shapes: scheme.adjacency(k),
-    "index": lambda scheme, k, shapes: index_order_adjacency(scheme.num_points, k),
-}
+#: Neighbourhoods ``(scheme, k, training shapes or None) -> BoolTensor[N, N]`` by name.
+ADJACENCIES: Registry[Callable[[Any, int, Tensor | None], Tensor]] = Registry("adjacency")
+ADJACENCIES.register("correlation", lambda scheme, k, shapes: (
+    build_correlation_adjacency(shapes, k) if shapes is not None else scheme.adjacency(k)))
+ADJACENCIES.register("scheme", lambda scheme, k, shapes: scheme.adjacency(k))
+ADJACENCIES.register("index", lambda scheme, k, shapes: index_order_adjacency(scheme.num_points, k))
 
 
 def _scheme_adjacency_works(scheme, k: int) -> bool:
@@ -466,11 +475,11 @@ def build_model(config: TrainConfig, landmarks: Tensor | None = None) -> Landmar
 # Loss, optimiser, schedule.
 
 
-LOSSES: dict[str, Callable[[str], nn.Module]] = {
-    "l1": lambda reduction: nn.L1Loss(reduction=reduction),
-    "wing": lambda reduction: WingLoss(reduction=reduction),
-    "softwing": lambda reduction: SoftWingLoss(reduction=reduction),
-}
+#: Absolute landmark losses ``(reduction) -> nn.Module`` by name (``TrainConfig.loss``).
+LOSSES: Registry[Callable[[str], nn.Module]] = Registry("loss")
+LOSSES.register("l1", lambda reduction: nn.L1Loss(reduction=reduction))
+LOSSES.register("wing", lambda reduction: WingLoss(reduction=reduction))
+LOSSES.register("softwing", lambda reduction: SoftWingLoss(reduction=reduction))
 
 
 class LandmarkCriterion(nn.Module):
@@ -554,18 +563,19 @@ class LandmarkCriterion(nn.Module):
         return loss
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[Tensor], TrainConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda params, c: torch.optim.SGD(params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
-    "adam": lambda params, c: torch.optim.Adam(params, c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, c.lr, weight_decay=c.weight_decay),
-}
+#: Optimisers ``(parameters, config) -> Optimizer`` by name (``TrainConfig.optimizer``).
+OPTIMIZERS: Registry[Callable[[Iterable[Tensor], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("sgd", lambda params, c: torch.optim.SGD(params, c.lr, momentum=c.momentum,
+                                                              weight_decay=c.weight_decay))
+OPTIMIZERS.register("adam", lambda params, c: torch.optim.Adam(params, c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.register("adamw", lambda params, c: torch.optim.AdamW(params, c.lr, weight_decay=c.weight_decay))
 
-# Multiplier of the learning rate at optimisation step ``s`` of ``total``, ``per_epoch`` a epoch.
-SCHEDULES: dict[str, Callable[[int, int, int, TrainConfig], float]] = {
-    "constant": lambda s, total, per_epoch, c: 1.0,
-    "step": lambda s, total, per_epoch, c: c.gamma ** (s // (c.step_epochs * per_epoch)),
-    "cosine": lambda s, total, per_epoch, c: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
-}
+#: Multiplier of the learning rate at optimisation step ``s`` of ``total``, ``per_epoch`` a epoch.
+SCHEDULES: Registry[Callable[[int, int, int, TrainConfig], float]] = Registry("schedule")
+SCHEDULES.register("constant", lambda s, total, per_epoch, c: 1.0)
+SCHEDULES.register("step", lambda s, total, per_epoch, c: c.gamma ** (s // (c.step_epochs * per_epoch)))
+SCHEDULES.register("cosine", lambda s, total, per_epoch, c: 0.5 * (1 + math.cos(math.pi * min(s, total)
+                                                                                 / total)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,7 +734,9 @@ def _distributed_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, device, created
 
 
-def _loader(dataset: Dataset, config: TrainConfig, sampler=None, shuffle: bool = False) -> DataLoader:
+def build_loader(dataset: Dataset, config: TrainConfig, sampler=None, shuffle: bool = False) -> DataLoader:
+    """The ``DataLoader`` of a run: ``config.batch_size`` and ``workers``, seeded by ``config.seed``;
+    ``shuffle`` (training) also drops the last partial batch."""
     # Workers are not kept between epochs: a persistent worker holds the data set as it was at
     # the first epoch and would miss set_epoch (and a resumed run's starting epoch).
     generator = torch.Generator().manual_seed(config.seed)
@@ -804,7 +816,7 @@ def train(
     optimizer = OPTIMIZERS[config.optimizer](net.parameters(), config)
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, world, rank, seed=config.seed)
                if world > 1 else None)
-    loader = _loader(train_set, config, sampler, shuffle=True)
+    loader = build_loader(train_set, config, sampler, shuffle=True)
     if len(loader) < 1:  # the partial batch is dropped: nothing would be left to train on
         shard = f", {len(sampler)} per process" if sampler is not None else ""
         raise ValueError(f"the training set ({len(train_set)} samples{shard}) is smaller than "
@@ -819,7 +831,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state.get("history", [])
         best = state.get("best", math.inf)
-    test_loaders = {name: _loader(ds, config) for name, ds in test_sets.items()}
+    test_loaders = {name: build_loader(ds, config) for name, ds in test_sets.items()}
     out = Path(config.out_dir) if config.out_dir else None
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,69 @@ def test_subcommand_registry(capsys):
         with pytest.raises(ValueError, match="already registered"):
             cli.register_subcommand("echo-test", add, run)
     finally:
-        del cli.SUBCOMMANDS["echo-test"]
+        cli.SUBCOMMANDS.unregister("echo-test")
+
+
+PLUGIN = """
+from landmark_graph.backbones import SmallCNN, register_backbone
+from landmark_graph.schemes import LandmarkScheme, register_scheme
+
+register_scheme(LandmarkScheme(
+    "plugin-five", 5, {"left_eye": (0,), "right_eye": (1,), "nose": (2,), "outer_mouth": (3, 4)},
+    mirror=(1, 0, 2, 4, 3), inter_ocular=(0, 1), inter_pupil=None,
+    template=[[-0.5, -0.3], [0.5, -0.3], [0, 0.1], [-0.35, 0.5], [0.35, 0.5]]))
+
+
+@register_backbone("plugin-cnn")
+def plugin_cnn(pretrained):
+    net = SmallCNN(width=4, depth=3)
+    return net, net.out_channels
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A user module registering a scheme and a backbone; unregistered afterwards."""
+    from landmark_graph.backbones import BACKBONES
+    from landmark_graph.schemes import SCHEMES
+
+    (tmp_path / "lg_test_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "lg_test_plugin.py"
+    sys.modules.pop("lg_test_plugin", None)
+    for registry, name in ((SCHEMES, "plugin-five"), (BACKBONES, "plugin-cnn")):
+        if name in registry:
+            registry.unregister(name)
+
+
+def test_plugin_registrations_are_usable_from_the_command(plugin, tmp_path, capsys):
+    argv = ["train", "--scheme", "plugin-five", "--backbone", "plugin-cnn", "--image-size", "32",
+            "--train-size", "8", "--test-size", "4", "--hidden-features", "8", "--num-blocks", "1",
+            "--head-channels", "8", "--batch-size", "4", "--steps-per-epoch", "1", "--epochs", "1",
+            "--no-progress", "--adjacency", "scheme", "--k", "1"]
+    assert cli.main(argv) == 2  # without the plugin the scheme is not a choice
+    assert "invalid choice: 'plugin-five'" in _error_line(capsys)
+    assert cli.main(["--plugin", "lg_test_plugin", *argv, "--out-dir", str(tmp_path / "a")]) == 0
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["config"].scheme_name == "plugin-five"
+    with pytest.raises(SystemExit):  # the generated choices list it
+        cli.main(["--plugin", "lg_test_plugin", "train", "--help"])
+    printed = capsys.readouterr().out
+    assert "plugin-five" in printed and "plugin-cnn" in printed
+
+
+def test_plugins_from_the_environment_and_files(plugin, monkeypatch, capsys):
+    from landmark_graph.schemes import SCHEMES
+
+    monkeypatch.setenv(cli.PLUGINS_ENV, f" {plugin} ")  # a .py path, spaces trimmed
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "plugin-five" in capsys.readouterr().out and "plugin-five" in SCHEMES
+    monkeypatch.setenv(cli.PLUGINS_ENV, "no_such_plugin_module")
+    assert cli.main(["demo", "--help"]) == 2
+    assert "plugin 'no_such_plugin_module' cannot be imported" in _error_line(capsys)
+    monkeypatch.delenv(cli.PLUGINS_ENV)
+    assert cli.main(["--plugin", "/no/such/plugin.py", "demo"]) == 2
+    assert "plugin file '/no/such/plugin.py' does not exist" in _error_line(capsys)
 
 
 @pytest.mark.slow
@@ -152,22 +214,25 @@ def test_demo_short(tmp_path, capsys):
 def test_train_config_options_cover_the_dataclass():
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--relative-weight", "1", "--edge-weights", "static"])
-    config = cli._config_from_args(args)
+    config = cli.config_from_args(args)
     assert config.relative_weight == 1.0 and config.edge_weights == "static"
 
 
-def test_train_help_states_each_default_once():
-    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
-    helps = {action.dest: action.help or "" for action in train._actions}
-    doubled = {dest: text for dest, text in helps.items() if text.count("(default:") > 1}
+def test_train_help_states_each_default_once(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per option
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    helps = {line.split()[0]: line for line in lines if line.startswith("  --")}
+    doubled = {flag: text for flag, text in helps.items() if text.count("(default:") > 1}
     assert not doubled
-    assert "paper's is 1" in helps["relative_weight"] and "(default: 1.0)" in helps["relative_weight"]
-    assert "0 turns it off" in helps["augment"]
+    assert "paper's is 1" in helps["--relative-weight"] and "(default: 1.0)" in helps["--relative-weight"]
+    assert "0 turns it off" in helps["--augment"]
 
 
 def test_relative_weight_defaults_to_the_paper_and_the_demo_keeps_it_off():
     assert TrainConfig().relative_weight == 1.0
-    assert cli._config_from_args(cli.build_parser().parse_args(["train"])).relative_weight == 1.0
+    assert cli.config_from_args(cli.build_parser().parse_args(["train"])).relative_weight == 1.0
     demo = cli.build_parser().parse_args(["demo"])
     assert {cli.demo_config(demo, head).relative_weight for head in ("lgrl", "fc")} == {0.0}
 

@@ -2,7 +2,7 @@ import io
 
 import pytest
 import torch
-from helpers import DEVICES, TOLERANCES
+from helpers import DEVICES, assert_close
 from torch import nn
 
 from landmark_graph import (
@@ -47,11 +47,10 @@ def test_graph_conv_matches_dense_formula(in_f, out_f, norm_act):
     conv = GraphConv(in_f, out_f, adj, norm_act=norm_act).double().eval()
     x = torch.randn(3, N, in_f, dtype=torch.float64)
     weights = torch.rand(3, N, conv.table.max_degree, dtype=torch.float64)
-    tol = TOLERANCES[torch.float64]
-    torch.testing.assert_close(conv(x, weights), _dense_graph_conv(conv, x, weights), **tol)
+    assert_close(conv(x, weights), _dense_graph_conv(conv, x, weights))
     shared = conv.own_edge_weights().double()
     assert torch.allclose(shared.sum(-1), torch.ones(N, dtype=torch.float64))
-    torch.testing.assert_close(conv(x), _dense_graph_conv(conv, x, shared), **tol)
+    assert_close(conv(x), _dense_graph_conv(conv, x, shared))
 
 
 def test_residual_block_is_f_f_plus_identity():
@@ -95,13 +94,13 @@ def test_edge_softmax_matches_masked_softmax_with_gradients(batch):
     logits.requires_grad_()
     weights = edge_softmax(logits, valid)
     expected = logits.detach().masked_fill(~valid, float("-inf")).softmax(-1)
-    torch.testing.assert_close(weights, expected, **TOLERANCES[torch.float64])
+    assert_close(weights, expected)
     upstream = torch.randn(batch, N, 4, generator=g, dtype=torch.float64)
     (grad,) = torch.autograd.grad(weights, logits, upstream)
     dense = logits.detach().requires_grad_()
     expected = dense.masked_fill(~valid, float("-inf")).softmax(-1)
     (expected_grad,) = torch.autograd.grad(expected, dense, upstream)
-    torch.testing.assert_close(grad, expected_grad, **TOLERANCES[torch.float64])
+    assert_close(grad, expected_grad)
     small = logits.detach()[:2, :, :].clone().requires_grad_()
     assert torch.autograd.gradgradcheck(lambda a: edge_softmax(a, valid), small)
 

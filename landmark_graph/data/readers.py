@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import WFLW_ATTRIBUTES
+from ..schemes import WFLW_ATTRIBUTES
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -65,7 +65,7 @@ class FaceRecord:
         bbox: ``ndarray[4]`` face box ``(x_min, y_min, x_max, y_max)``, or ``None`` (300W has
             none; the landmark extent is used).
         occluded: ``ndarray[N]`` bool occlusion flags when annotated (COFW), else ``None``.
-        attributes: ``ndarray[6]`` bool WFLW flags (:data:`~landmark_graph.metrics.WFLW_ATTRIBUTES`
+        attributes: ``ndarray[6]`` bool WFLW flags (:data:`~landmark_graph.schemes.WFLW_ATTRIBUTES`
             order), else ``None``.
         source: ``"file:line"`` the record came from, for messages.
 

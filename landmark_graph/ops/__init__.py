@@ -12,8 +12,8 @@ from .aggregate import (
     set_cpu_formulation,
 )
 from .edge_softmax import edge_softmax
-from .neighbor_table import NeighborTable, mask_to_index, reverse_table
+from .neighbor_table import NeighborTable, as_neighbor_table, mask_to_index, reverse_table
 
-__all__ = ["BACKENDS", "CPU_FORMULATIONS", "NeighborTable", "backend", "cpu_formulation", "edge_softmax",
-           "export_decompositions", "mask_to_index", "neighbor_aggregate", "neighbor_softmax_aggregate",
-           "reverse_table", "set_backend", "set_cpu_formulation"]
+__all__ = ["BACKENDS", "CPU_FORMULATIONS", "NeighborTable", "as_neighbor_table", "backend", "cpu_formulation",
+           "edge_softmax", "export_decompositions", "mask_to_index", "neighbor_aggregate",
+           "neighbor_softmax_aggregate", "reverse_table", "set_backend", "set_cpu_formulation"]

@@ -1,16 +1,10 @@
 """The PyTorch path of ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]``: CPU, and devices without Triton.
 
-Two formulations, chosen per call by the dense work ``B·N²·D`` (:func:`formulation`):
-
-- ``"dense"``: the weights scattered into an ``N x N`` matrix per image, one ``bmm``: ``N / K``
-  times the arithmetic in few ATen calls, which autograd differentiates. With logits, the softmax
-  runs fused: the logits added into a matrix of 0 on the edges and ``-inf`` elsewhere.
-- ``"sparse"``: the ``B`` graphs as one block-diagonal CSR matrix, multiplied as embedding bags
-  (``F.embedding_bag`` with per-sample weights). Trained through :class:`_Function`, whose
-  backward is the bags over the reverse table (``dx``) and ``torch.sparse.sampled_addmm``
-  (``dw``), made of these functions again: twice differentiable, no atomics.
-
-Measurements behind each choice: docs/benchmarks.md.
+Two formulations, chosen by the dense work ``B·N²·D`` (:func:`formulation`): ``"dense"``, the
+weights scattered into an ``N x N`` matrix per image and one ``bmm`` (fused with the softmax for
+logits), which autograd differentiates; ``"sparse"``, the ``B`` graphs as one block-diagonal CSR
+matrix multiplied as embedding bags, trained through :class:`_Function` (backward: the bags over
+the reverse table and ``sampled_addmm``). Why each: docs/benchmarks.md, "How the op runs".
 """
 
 from __future__ import annotations
@@ -28,8 +22,8 @@ from .edge_softmax import edge_softmax
 
 FORMULATIONS = ("dense", "sparse")
 pinned = "auto"  # or one of FORMULATIONS: set by landmark_graph.ops.set_cpu_formulation
-# Dense multiply-adds B·N²·D from which the bags beat the dense product, without and with a backward
-# to follow (the bags' Python backward against autograd's own record of the dense ATen calls).
+# The one threshold: dense multiply-adds B·N²·D from which the bags win, without and with a backward
+# (theirs is a Python Function); docs/benchmarks.md, "Which one runs".
 _SPARSE_FROM = (1 << 21, 1 << 25)
 
 
@@ -40,7 +34,7 @@ def formulation(b: int, n: int, d: int, on_cpu: bool, backward: bool) -> str:
     return pinned if on_cpu and b * n * d else "dense"
 
 
-def _backward(x: Tensor, weight: Tensor) -> bool:
+def needs_backward(x: Tensor, weight: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
@@ -53,7 +47,7 @@ class Layout:
         self.index, self.on_cpu = index, index.is_cpu
         self.n, self.k = index.shape
         self._batch: tuple[int, tuple[Tensor, ...]] = (0, ())
-        self._bases: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        self._bases: dict[torch.dtype, Tensor] = {}
 
     @cached_property
     def reverse(self) -> Layout:
@@ -70,11 +64,9 @@ class Layout:
         return not bool(self.valid.all())
 
     @cached_property
-    def target(self) -> tuple[Tensor, Tensor]:
-        """Each slot's column in the dense matrix (padding: an extra column ``N``), as ``(N, K)``
-        and ``(1, N, K)``: views are made once, not at every call."""
-        target = torch.where(self.valid, self.index, self.n)
-        return target, target[None]
+    def target(self) -> Tensor:
+        """``(N, K)``: each slot's column in the dense matrix (padding: an extra column ``N``)."""
+        return torch.where(self.valid, self.index, self.n)
 
     @cached_property
     def used(self) -> Tensor:
@@ -82,25 +74,24 @@ class Layout:
         return self.valid.reshape(-1).nonzero().squeeze(1)
 
     @cached_property
-    def scores(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        """``(edges, target, target[None])`` for the fused softmax: the graph as ``BoolTensor[N, N]``
-        and each slot's column, padding on a non-edge of its row (one exists while ``K <= N``);
-        ``None`` where a row lists a sender twice or ``K > N``."""
+    def scores(self) -> tuple[Tensor, Tensor] | None:
+        """``(edges, target)`` for the fused softmax: the graph as ``BoolTensor[N, N]`` and each
+        slot's column, padding on a non-edge of its row (one exists while ``K <= N``); ``None``
+        where a row lists a sender twice or ``K > N``."""
         n = self.n
-        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target[0], True)[:, :n]
+        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target, True)[:, :n]
         if self.k > n or int(edges.sum()) != int(self.valid.sum()):
             return None
         outside = (~edges).to(torch.uint8).argmax(dim=1, keepdim=True)
-        target = torch.where(self.valid, self.index, outside)
-        return edges, target, target[None]
+        return edges, torch.where(self.valid, self.index, outside)
 
-    def base(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(N, N)`` and ``(1, N, N)``: 0 on the edges, ``-inf`` elsewhere (needs :attr:`scores`)."""
+    def base(self, dtype: torch.dtype) -> Tensor:
+        """``(N, N)``: 0 on the edges, ``-inf`` elsewhere (needs :attr:`scores`)."""
         base = self._bases.get(dtype)
         if base is None:
             edges = self.scores[0]  # type: ignore[index]
-            plane = edges.new_zeros(edges.shape, dtype=dtype).masked_fill_(~edges, -torch.inf)
-            base = self._bases[dtype] = (plane, plane[None])
+            base = edges.new_zeros(edges.shape, dtype=dtype).masked_fill_(~edges, -torch.inf)
+            self._bases[dtype] = base
         return base
 
     def batch(self, b: int) -> tuple[Tensor, ...]:
@@ -128,7 +119,7 @@ def layout(table: Any) -> Layout:
     """The :class:`Layout` kept on a ``NeighborTable`` while its index buffer is the same tensor
     (a new graph, a load or ``.to()`` replaces it)."""
     lay = table._layout
-    if lay is None or lay.index is not table._buffers["index"]:
+    if lay is None or lay.index is not table.index:
         lay = table._layout = Layout(*table.tables)
     return lay
 
@@ -149,12 +140,10 @@ def _bags(x: Tensor, values: Tensor, lay: Layout) -> Tensor:
 
 def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
     b, n, _ = x.shape
-    target, target1 = lay.target
     if weight.dim() == 2:
-        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, target, weight)
+        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, lay.target, weight)
     else:
-        index = target1 if b == 1 else target.expand(b, n, lay.k)
-        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, index, weight)
+        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, lay.target.expand(b, n, lay.k), weight)
     if lay.padded:
         a = a.narrow(-1, 0, n)
     return torch.matmul(a, x) if weight.dim() == 2 else torch.bmm(a, x)
@@ -163,7 +152,7 @@ def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
 def aggregate(x: Tensor, weight: Tensor, lay: Layout, form: str = "") -> Tensor:
     """``y = A x``, differentiable; ``weight`` ``(B, N, K)`` or ``(N, K)`` in ``x``'s dtype;
     ``form``: the :func:`formulation`, where the caller knows it."""
-    backward = _backward(x, weight)
+    backward = needs_backward(x, weight)
     if (form or formulation(*x.shape, x.is_cpu, backward)) == "dense":
         return _dense(x, weight, lay)
     if backward:
@@ -173,15 +162,13 @@ def aggregate(x: Tensor, weight: Tensor, lay: Layout, form: str = "") -> Tensor:
 
 def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") -> Tensor:
     """``aggregate(x, edge_softmax(logits, valid), lay)``, fused where that pays."""
-    backward = _backward(x, logits)
+    backward = needs_backward(x, logits)
     form = form or formulation(*x.shape, x.is_cpu, backward)
     scores = lay.scores if form == "dense" else None
     if scores is not None:
-        base, base1 = lay.base(x.dtype)
+        base = lay.base(x.dtype)
         if logits.dim() == 2:
             return torch.matmul(base.scatter_add(1, scores[1], logits).softmax(-1), x)
-        if x.size(0) == 1:
-            return torch.bmm(base1.scatter_add(2, scores[2], logits).softmax(-1), x)
         b, n, _ = x.shape
         return torch.bmm(base.expand(b, n, n).scatter_add(2, scores[1].expand(b, n, lay.k), logits)
                          .softmax(-1), x)
@@ -201,7 +188,7 @@ def edge_dot(a: Tensor, x: Tensor, lay: Layout) -> Tensor:
     b, n, d = x.shape
     # sampled_addmm computes only the B·N·K dots, but has no half-precision CPU kernel.
     if formulation(b, n, d, x.is_cpu, False) == "dense" or x.dtype not in (torch.float32, torch.float64):
-        out = torch.bmm(a, x.transpose(1, 2)).gather(2, lay.target[0].clamp(max=n - 1).expand(b, n, lay.k))
+        out = torch.bmm(a, x.transpose(1, 2)).gather(2, lay.target.clamp(max=n - 1).expand(b, n, lay.k))
         return out.masked_fill(~lay.valid, 0) if lay.padded else out
     crow, cols, _, _ = lay.batch(b)
     with warnings.catch_warnings():

@@ -1,20 +1,14 @@
 """Triton kernels of the aggregation (GPU, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-Imported by :mod:`landmark_graph.ops.aggregate` the first time a tensor takes the Triton route, so
-``TRITON_INTERPRET`` is read when the kernels are defined, and a CPU install never imports triton.
-
-- :func:`aggregate`: ``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]``. One program owns a tile of
-  ``BLOCK_N`` receivers by ``BLOCK_D`` features of one image and walks the ``K`` slots, so every
-  output element is written once: no atomics, deterministic. The backward pass to ``x`` is this
-  same kernel over the reverse table.
-- :func:`edge_dot`: ``e[b,i,k] = <a[b,i], x[b, idx[i,k]]>`` (the weight gradient), one program per
-  ``BLOCK_N`` receivers of one image, looping over ``D``.
-
-Accumulation is in float32 (float64 for float64 inputs); loads and stores keep the tensors'
-dtype, and every tensor is addressed through its strides, so non-contiguous inputs need no copy.
+Imported at the first tensor that takes the Triton route: a CPU install never imports triton.
+Each program owns a tile of receivers of one image and writes each output once (no atomics,
+deterministic); accumulation is in float32 (float64 for float64), tensors are read through their
+strides (no copies).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -97,15 +91,15 @@ def _edge_dot_kernel(
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=slot_ok)
 
 
-def _is_interpreted() -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - every triton 3 has it
-        return False
-    return isinstance(_aggregate_kernel, InterpretedFunction)
+def _interpreted() -> bool:
+    """Whether the kernels above were defined for Triton's interpreter (they run CPU tensors)."""
+    knobs = getattr(triton, "knobs", None)  # public from triton 3.4; earlier, the variable itself
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-INTERPRETED = _is_interpreted()
+INTERPRETED = _interpreted()
 
 
 def _pow2(n: int) -> int:
@@ -113,7 +107,10 @@ def _pow2(n: int) -> int:
 
 
 def aggregate(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
-    """``(B, N, D)``; ``weight`` ``(B, N, K)`` or ``(N, K)`` (stride 0 over the batch)."""
+    """``y[b,i] = sum_k w[b,i,k] x[b, idx[i,k]]``: ``(B, N, D)``; ``weight`` ``(B, N, K)`` or ``(N, K)``.
+
+    Also the backward to ``x``, over the reverse table.
+    """
     b, n, d = x.shape
     k = index.shape[1]
     y = torch.empty((b, n, d), dtype=x.dtype, device=x.device)
@@ -139,7 +136,7 @@ def aggregate(x: Tensor, weight: Tensor, index: Tensor) -> Tensor:
 
 
 def edge_dot(a: Tensor, x: Tensor, index: Tensor) -> Tensor:
-    """``(B, N, K)``: ``<a[b,i], x[b, idx[i,k]]>``, zero on padding slots."""
+    """``(B, N, K)``: ``<a[b,i], x[b, idx[i,k]]>``, zero on padding slots (the weight gradient)."""
     b, n, d = x.shape
     k = index.shape[1]
     out = torch.empty((b, n, k), dtype=x.dtype, device=x.device)

@@ -1,18 +1,13 @@
-r"""``neighbor_aggregate`` (SPEC §5), :math:`y_{b,i} = \sum_k w_{b,i,k}\, x_{b,\mathrm{idx}_{i,k}}`,
-and ``neighbor_softmax_aggregate``, the same after a softmax over each row's edge logits.
+r"""``neighbor_aggregate`` (SPEC §5) and ``neighbor_softmax_aggregate``: the registered ops
+``landmark_graph::aggregate`` / ``edge_dot`` with their autograd, and the routes that run them.
 
-Two routes, chosen by capability. **Triton** (CUDA tensors when Triton imports; CPU tensors under
-``TRITON_INTERPRET=1`` with the ``"triton"`` backend) runs the registered operators
-``landmark_graph::aggregate`` and ``landmark_graph::edge_dot`` (its weight gradient), whose
-backward is the two ops again over a precomputed reverse table: twice differentiable, no atomics.
-A kernel that fails to compile or launch warns once and the PyTorch path takes over. **PyTorch**,
-everywhere else, calls the formulations of :mod:`._cpu` directly: a dispatcher round trip costs
-more than the whole op at ``B = 1``. While ``torch.compile`` traces or a dispatch mode
-(``FlopCounterMode``, fake tensors) runs, the registered op runs on either route; while
-``torch.export`` traces, the plain gather-multiply-sum (:func:`aggregate_reference`).
-
-Settings: :func:`set_backend`, :func:`set_cpu_formulation`; their initial values come from
-``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION``, read at import.
+**Triton** (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1`` with the ``"triton"``
+backend) runs the registered ops; a kernel that fails warns once and the PyTorch path takes over.
+**PyTorch**, everywhere else, calls :mod:`._cpu` directly (a dispatcher round trip costs more
+than the op at ``B = 1``), except under ``torch.compile`` or a dispatch mode, which see the
+registered op, and ``torch.export``, which sees :func:`aggregate_reference`. Settings are read
+from ``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION`` at import, then set with
+:func:`set_backend` and :func:`set_cpu_formulation`. Design and timings: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -58,9 +53,8 @@ def backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Choose the kernels (see :func:`backend`); ``"triton"`` also runs CPU tensors when Triton
-    was imported under ``TRITON_INTERPRET=1``, and falls back to PyTorch, with one warning, where
-    it cannot run. Resets the fallback of a Triton kernel that failed.
+    """Choose the kernels (see :func:`backend`); ``"triton"`` also runs CPU tensors under
+    ``TRITON_INTERPRET=1``, and warns once where it cannot run. Resets a failed kernel's fallback.
 
     Example:
         >>> previous = backend()
@@ -120,9 +114,9 @@ def _kernels_on(x: Tensor) -> Any:
     return _triton[device]
 
 
-# How many TorchDispatchModes (FlopCounterMode, FakeTensorMode, ...) are active: torch has no public
-# test. Without this private one such modes see the PyTorch path's ATen ops instead of the op
-# (fake tensors still reach the op, by their type).
+# The one private torch API here: whether a TorchDispatchMode (FlopCounterMode, ...) is active has
+# no public test. Where torch lacks it, such modes see the PyTorch path's ATen ops instead of the
+# op: the same numbers (tested), another flop count. Fake tensors reach the op by their type.
 _dispatch_modes: Callable[[], int] = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
@@ -238,12 +232,10 @@ def _what(value: object) -> str:
 
 
 def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, Tensor, Any, str]:
-    """Check the inputs, raising on bad ones; return the route with what it takes:
-    ``("eager", weight, Layout, formulation)`` for the PyTorch path called directly,
-    ``("op", weight, tables, "")`` while tracing, under a dispatch mode, for tensor subclasses,
-    meta tensors and the Triton route, and ``("reference", weight, index, "")`` under export (or
-    compile with a raw index, whose reverse table is data-dependent). ``weight`` comes back in
-    ``x``'s dtype. Each tensor attribute is read once: at ``B = 1`` they add up."""
+    """Check the inputs; return the route and what it takes, ``weight`` in ``x``'s dtype:
+    ``("eager", weight, Layout, formulation)``, ``("op", weight, tables, "")`` (tracing, dispatch
+    modes, tensor subclasses, meta tensors, Triton) or ``("reference", weight, index, "")``
+    (export, or compile with a raw index, whose reverse table is data-dependent)."""
     x_dtype = x.dtype if isinstance(x, Tensor) else None
     if x_dtype is None or not x_dtype.is_floating_point:
         raise TypeError(f"x must be a floating point torch.Tensor, got {_what(x)}")
@@ -252,7 +244,7 @@ def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, 
         raise TypeError(f"{name} must be a floating point torch.Tensor, got {_what(weight)}")
     compiling = torch.compiler.is_compiling()
     if isinstance(index, NeighborTable):
-        lay = None if compiling else _cpu.layout(index)  # the layout kept on a table is eager state
+        lay = None if compiling else _cpu.layout(index)  # eager state: tracing must not capture it
         tables = index.tables if lay is None else lay.tables
         idx = tables[0]
     elif isinstance(index, Tensor) and index.dtype in _INDEX_DTYPES:
@@ -272,7 +264,7 @@ def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, 
     if w_shape != ((n, k) if len(w_shape) == 2 else (b, n, k)):
         raise ValueError(f"{name} must have shape (B, N, K) = ({b}, {n}, {k}) or (N, K) = ({n}, {k}), "
                          f"got {tuple(w_shape)}")
-    on_cpu = x.is_cpu  # one CPU device: no device objects to build and compare
+    on_cpu = x.is_cpu  # all on CPU: no device objects to build
     if not (on_cpu and weight.is_cpu and (idx.is_cpu if lay is None else lay.on_cpu)):
         for label, t in ((name, weight), ("index", idx)):
             if t.device != x.device:
@@ -303,15 +295,7 @@ def _prepare(x: object, weight: object, index: object, name: str) -> tuple[str, 
     if (type(x) is not Tensor or _dispatch_modes()
             or ((not on_cpu or _backend == "triton") and (x.is_meta or _kernels_on(x) is not None))):
         return "op", weight, tables, ""
-    backward = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    return "eager", weight, lay, _cpu.formulation(b, n, d, on_cpu, backward)
-
-
-def _eager(fn: Callable[..., Tensor], x: Tensor, weight: Tensor, lay: _cpu.Layout, form: str) -> Tensor:
-    if not (torch.is_autocast_enabled("cpu") if x.is_cpu else _autocast_on(x)):
-        return fn(x, weight, lay, form)
-    with torch.autocast(x.device.type, enabled=False):
-        return fn(x, weight, lay, form)
+    return "eager", weight, lay, _cpu.formulation(b, n, d, on_cpu, _cpu.needs_backward(x, weight))
 
 
 def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable) -> Tensor:
@@ -320,18 +304,16 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     .. math::
         y_{b,i,:} = \sum_{k} w_{b,i,k}\, x_{b,\,\mathrm{idx}_{i,k},\,:}
 
-    slots with :math:`\mathrm{idx}_{i,k} = -1` are skipped. Triton on CUDA, the dense product or
-    the embedding bags by size elsewhere (see the module docs); differentiable to ``x`` and
-    ``weight``, twice; traceable by ``torch.compile(fullgraph=True)``; exportable.
+    slots with :math:`\mathrm{idx}_{i,k} = -1` are skipped. Differentiable to ``x`` and ``weight``,
+    twice; traceable by ``torch.compile(fullgraph=True)``; exportable.
 
     Args:
         x: ``Tensor[B, N, D]`` node features, floating point.
-        weight: ``Tensor[B, N, K]`` per-image edge weights, or ``Tensor[N, K]`` shared by all
-            (its gradient is then summed over the batch). Same dtype as ``x``; under
-            ``torch.autocast`` it is cast to ``x``'s dtype, the dtype the op computes in.
-        index: a :class:`NeighborTable` (its reverse table is precomputed: the fast path, and
-            the one ``torch.compile`` needs), or an integer ``Tensor[N, K]`` neighbour table
-            (``-1`` pads), checked and reversed at each call.
+        weight: ``Tensor[B, N, K]`` per-image edge weights, or ``Tensor[N, K]`` shared by all.
+            ``x``'s dtype (under ``torch.autocast`` it is cast to it).
+        index: a :class:`NeighborTable` (reversed once: the fast path, and the one
+            ``torch.compile`` needs), or an integer ``Tensor[N, K]`` (``-1`` pads), checked and
+            reversed at each call.
 
     Returns:
         ``Tensor[B, N, D]`` in ``x``'s dtype.
@@ -350,7 +332,8 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     """
     route, weight, it, form = _prepare(x, weight, index, "weight")
     if route == "eager":
-        return _eager(_cpu.aggregate, x, weight, it, form)
+        with _autocast_off(x):
+            return _cpu.aggregate(x, weight, it, form)
     if route == "op":
         return _aggregate_op(x, weight, *it)
     return aggregate_reference(x, weight, it)
@@ -364,25 +347,19 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
         x_{b,\,\mathrm{idx}_{i,k},\,:}
 
     over the slots with :math:`\mathrm{idx}_{i,k} \neq -1`: the numbers of
-    ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, which is what runs on the
-    Triton route and while tracing. Where the CPU formulation is the dense product it runs fused
-    (the logits added into an ``N x N`` matrix of 0 on the edges and ``-inf`` elsewhere, then
-    softmax and ``bmm``, as many ATen calls as the authors' masked softmax).
+    ``neighbor_aggregate(x, edge_softmax(logits, valid), index)``, fused on CPU where that pays.
 
     Args:
         x: ``Tensor[B, N, D]`` node features, floating point.
-        logits: ``Tensor[B, N, K]`` per-image edge logits, or ``Tensor[N, K]`` shared by all.
-            Padding slots do not count, whatever finite value (or ``-inf``) they hold;
-            ``+inf`` or NaN there is not allowed (on the fused path it turns the row NaN).
-        index: a :class:`NeighborTable`, or an integer ``Tensor[N, K]`` table (``-1`` pads) in
-            which every row has at least one neighbour.
+        logits: ``Tensor[B, N, K]`` or ``Tensor[N, K]``. Padding slots do not count, whatever
+            finite value (or ``-inf``) they hold; ``+inf`` or NaN there is not allowed.
+        index: as :func:`neighbor_aggregate`; every row needs a neighbour.
 
     Returns:
         ``Tensor[B, N, D]`` in ``x``'s dtype.
 
     Raises:
-        TypeError, ValueError: as :func:`neighbor_aggregate`; also a row of ``index`` with no
-            neighbour (its softmax would be 0 / 0).
+        TypeError, ValueError: as :func:`neighbor_aggregate`; also a row without neighbour.
 
     Example:
         >>> import torch
@@ -393,7 +370,8 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     """
     route, logits, it, form = _prepare(x, logits, index, "logits")
     if route == "eager":
-        return _eager(_cpu.softmax_aggregate, x, logits, it, form)
+        with _autocast_off(x):
+            return _cpu.softmax_aggregate(x, logits, it, form)
     weight = edge_softmax(logits, (it[0] if route == "op" else it) >= 0)
     if route == "op":
         return _aggregate_op(x, weight, *it)

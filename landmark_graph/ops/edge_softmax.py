@@ -7,7 +7,8 @@ from torch import Tensor
 
 __all__ = ["edge_softmax"]
 
-# Up to this many elements the plain softmax over the last dimension is the fastest form.
+# Above this many elements the softmax runs over a leading dimension of the transposed logits: on CPU
+# it vectorises across rows there, over a short last one it takes one row at a time.
 _SMALL_SOFTMAX = 1024
 
 
@@ -18,11 +19,7 @@ def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
         w_{ik} = \frac{v_{ik}\, e^{a_{ik}}}{\sum_{k'} v_{ik'}\, e^{a_{ik'}}}
 
     Padded logits become :math:`-\infty` before PyTorch's softmax, so their value, however
-    large, never reaches the result or the gradient. Above about a thousand elements the
-    softmax runs over the first dimension of the transposed ``(K, ...)`` logits: PyTorch's CPU
-    softmax over a short last dimension handles one row at a time, over a leading one it
-    vectorises across rows (docs/benchmarks.md). Either way autograd differentiates PyTorch
-    ops, so double backward works.
+    large, never reaches the result or the gradient; autograd differentiates it (twice).
 
     Args:
         logits: ``Tensor[..., N, K]``.

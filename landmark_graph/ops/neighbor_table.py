@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..adjacency import check_adjacency
+from .._checks import check_adjacency
 
-__all__ = ["NeighborTable", "mask_to_index", "reverse_table"]
+__all__ = ["NeighborTable", "as_neighbor_table", "mask_to_index", "reverse_table"]
 
 
 def mask_to_index(mask: Tensor) -> Tensor:
@@ -82,10 +82,8 @@ def _derived(mask: Tensor) -> dict[str, Tensor]:
 class NeighborTable(nn.Module):
     """A graph's ``(N, K)`` neighbour table, built once and moved with the model.
 
-    The boolean mask is the persistent state (it is saved in ``state_dict``); the index table and
-    its reverse (:func:`reverse_table`, used by the backward pass of
-    :func:`~landmark_graph.ops.neighbor_aggregate`) are derived from it, so they are rebuilt, not
-    stored, and move with the module (``.to(device)``).
+    Only the boolean mask is saved in ``state_dict``; the index table and its reverse
+    (:func:`reverse_table`) are rebuilt from it, and move with the module.
 
     Args:
         adjacency: ``BoolTensor[N, N]`` (or any tensor whose nonzeros are edges), rows are
@@ -127,8 +125,7 @@ class NeighborTable(nn.Module):
     @property
     def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(index, reverse_index, reverse_slot, forward_slot)``, the arguments of the op."""
-        b = self._buffers  # read directly: nn.Module.__getattr__ would search three dicts a buffer
-        return b["index"], b["reverse_index"], b["reverse_slot"], b["forward_slot"]
+        return self.index, self.reverse_index, self.reverse_slot, self.forward_slot
 
     @property
     def num_nodes(self) -> int:
@@ -175,3 +172,14 @@ class NeighborTable(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_nodes={self.num_nodes}, max_degree={self.max_degree}, edges={int(self.valid.sum())}"
+
+
+def as_neighbor_table(adjacency: Tensor | NeighborTable) -> NeighborTable:
+    """``adjacency`` itself when it is a :class:`NeighborTable` (layers share it), else a new one.
+
+    Example:
+        >>> table = as_neighbor_table(torch.eye(3, dtype=torch.bool))
+        >>> as_neighbor_table(table) is table, table.max_degree
+        (True, 1)
+    """
+    return adjacency if isinstance(adjacency, NeighborTable) else NeighborTable(adjacency)
