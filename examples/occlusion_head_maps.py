@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import torch
 
-from landmark_graph.drawing import pyplot
 from landmark_graph.data.synthetic import SyntheticConfig, SyntheticFaces, synthesize_face
+from landmark_graph.drawing import pyplot
 from landmark_graph.metrics import nme
 from landmark_graph.training import CachedDataset, TrainConfig, train
 
