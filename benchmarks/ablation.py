@@ -2,7 +2,7 @@
 """Ablation study of the paper's claims (SPEC §9; paper Tables I, VI, VII, Fig. 2 and 8).
 
 Trains every variant of the studies below with several seeds, through
-:func:`landmark_graph.training.train`, and reports the mean and spread (std, min, max over
+:func:`landmark_graph.engine.training.train`, and reports the mean and spread (std, min, max over
 seeds) of NME, FR@0.1 and AUC@0.1 on a clean and an occluded test set:
 
 - ``head_loss``: FC vs L-GRL head, each with L1, Wing and Soft Wing (Tables I, VI, VII);
@@ -63,11 +63,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landmark_graph.drawing import pyplot
+from landmark_graph.engine.drawing import pyplot
+from landmark_graph.engine.training import DATASETS, CachedDataset, TrainConfig, build_model, evaluate, train
 from landmark_graph.heads import LGRLHead
 from landmark_graph.metrics import LandmarkEvaluator
 from landmark_graph.schemes import get_scheme
-from landmark_graph.training import DATASETS, CachedDataset, TrainConfig, build_model, evaluate, train
 
 METRICS = ("nme", "fr", "auc")
 SHARE_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # occluded share of the landmarks, bin edges
@@ -405,7 +405,7 @@ def cost_table(config: TrainConfig, paper: bool = True, occlusion: bool = False)
 
     Rows: with ``paper``, the heads ``bench_head.py`` builds at the paper's setting (N = 98,
     ResNet map 512x8x8, I = 256, F = 128, 4 blocks, k = 3); then the heads of this study, built
-    by :func:`~landmark_graph.training.build_model` from ``config`` exactly as trained (with
+    by :func:`~landmark_graph.engine.training.build_model` from ``config`` exactly as trained (with
     ``occlusion``, the attention and full heads of ``occlusion_head`` too).
     """
     bench = _bench_head()

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from landmark_graph import LGRLHead, RelativeLocationLoss, SoftWingLoss, build_correlation_adjacency
-from landmark_graph.backbones import SmallCNN
 from landmark_graph.data.synthetic import SyntheticFaces
+from landmark_graph.engine.backbones import SmallCNN
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--landmarks", help=".npy file of training landmarks (M, N, 2), any units")

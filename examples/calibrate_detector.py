@@ -3,7 +3,7 @@
 A landmark model is cropped around the extent of the face's landmarks (300W, synthetic faces);
 a detector frames faces its own way. Given photos with ``.pts`` files beside them (the 300W
 layout), this runs the detector, pairs each annotated face with the detection that holds its
-centre, and fits :class:`~landmark_graph.detectors.BoxMap` (median scale and shift). It prints,
+centre, and fits :class:`~landmark_graph.engine.detectors.BoxMap` (median scale and shift). It prints,
 per face, the overlap (IoU) with the landmark box of the detector's box as is, through the
 detector's registered map, and through the map fitted on the *other* faces (leave-one-out), then
 the map fitted on all of them:
@@ -24,8 +24,8 @@ import torch
 
 from landmark_graph import nme
 from landmark_graph.data import load_image, read_300w
-from landmark_graph.detectors import BoxMap, get_detector
-from landmark_graph.inference import LandmarkPredictor
+from landmark_graph.engine.detectors import BoxMap, get_detector
+from landmark_graph.engine.inference import LandmarkPredictor
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from landmark_graph.data.synthetic import SyntheticConfig, SyntheticFaces, synthesize_face
-from landmark_graph.drawing import pyplot
+from landmark_graph.engine.drawing import pyplot
+from landmark_graph.engine.training import CachedDataset, TrainConfig, train
 from landmark_graph.metrics import nme
-from landmark_graph.training import CachedDataset, TrainConfig, train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--steps", type=int, default=400, help="training steps per head (default: 400)")

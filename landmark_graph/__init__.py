@@ -1,5 +1,11 @@
-"""landmark-graph: drop-in layers for structure-coherent face alignment (SDFL)."""
+"""landmark-graph: drop-in layers for structure-coherent face alignment (SDFL).
 
+The package holds the layers, losses, metrics and schemes; :mod:`landmark_graph.data` the data
+sets; :mod:`landmark_graph.engine` the applications built on them (training, the command line,
+checkpoint export, inference).
+"""
+
+from . import _aliases
 from .adjacency import build_correlation_adjacency, index_order_adjacency
 from .attention import AttentionToNode, NodeEdgeWeights
 from .edge_weights import DynamicAdjacency
@@ -10,6 +16,8 @@ from .map_to_node import MapToNode
 from .metrics import LandmarkEvaluator, auc, ced, failure_rate, nme
 from .ops import NeighborTable, neighbor_aggregate, neighbor_softmax_aggregate
 from .schemes import LandmarkScheme, get_scheme, register_scheme
+
+_aliases.install()  # landmark_graph.training and the other modules moved into engine/
 
 __version__ = "0.1.0"
 

@@ -94,7 +94,7 @@ class LGRLHead(nn.Module):
       :math:`P_i = \mu_i + b_i + g_{\text{out}}(\cdot)_i` with a learned :math:`b_i` (zero at
       the start). :math:`\mu_i` is in normalised map coordinates (:math:`[-1, 1]`
       across the map, x right, y down), so targets should be in units of half the image side,
-      as :class:`~landmark_graph.training.LandmarkModel`'s. Train the attention with
+      as :class:`~landmark_graph.engine.training.LandmarkModel`'s. Train the attention with
       :func:`~landmark_graph.functional.attention_heatmap_loss` on
       ``HeadOutput.attention_logits`` beside the landmark loss: without it the attention
       spreads over the map and is no more local than the paper's embedding.

@@ -3,7 +3,7 @@
 Landmark schemes, NME normalisations, data sets, backbones, heads, adjacencies, losses,
 optimisers, schedules, face detectors and the command's subcommands are each a :class:`Registry`.
 Registering a name makes it available everywhere at once: in Python (``registry.get(name)``), in
-:class:`~landmark_graph.training.TrainConfig` and in the ``choices`` of the ``landmark-graph``
+:class:`~landmark_graph.engine.training.TrainConfig` and in the ``choices`` of the ``landmark-graph``
 command, which are read from the registries when it parses (``landmark-graph --plugin MODULE``
 imports a module of your registrations first).
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import usable
 
-from landmark_graph.backbones import BACKBONES, available_backbones, build_backbone, register_backbone
+from landmark_graph.engine.backbones import BACKBONES, available_backbones, build_backbone, register_backbone
 
 TORCHVISION_NAMES = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b0"]
 

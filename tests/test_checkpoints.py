@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from landmark_graph import cli
 from landmark_graph.data.synthetic import SyntheticFaces
-from landmark_graph.export import load_checkpoint_model
-from landmark_graph.training import CachedDataset, CheckpointError, TrainConfig, load_checkpoint, train
+from landmark_graph.engine import cli
+from landmark_graph.engine.export import load_checkpoint_model
+from landmark_graph.engine.training import CachedDataset, CheckpointError, TrainConfig, load_checkpoint, train
 
 TINY = ["--scheme", "cofw29", "--image-size", "32", "--test-size", "4", "--backbone-width", "8",
         "--hidden-features", "16", "--num-blocks", "1", "--head-channels", "16", "--no-progress"]

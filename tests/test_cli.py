@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_graph import cli
-from landmark_graph.backbones import build_backbone, torchvision_install_command
 from landmark_graph.data import LandmarkDataset
-from landmark_graph.training import DATASETS, TrainConfig, load_checkpoint
+from landmark_graph.engine import cli
+from landmark_graph.engine.backbones import build_backbone, torchvision_install_command
+from landmark_graph.engine.training import DATASETS, TrainConfig, load_checkpoint
 
 TINY = ["--scheme", "cofw29", "--image-size", "32", "--train-size", "16", "--test-size", "4",
         "--backbone-width", "8", "--hidden-features", "16", "--num-blocks", "1", "--head-channels", "16",
@@ -80,7 +80,7 @@ def test_subcommand_registry(capsys):
 
 
 PLUGIN = """
-from landmark_graph.backbones import SmallCNN, register_backbone
+from landmark_graph.engine.backbones import SmallCNN, register_backbone
 from landmark_graph.schemes import LandmarkScheme, register_scheme
 
 register_scheme(LandmarkScheme(
@@ -99,7 +99,7 @@ def plugin_cnn(pretrained):
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """A user module registering a scheme and a backbone; unregistered afterwards."""
-    from landmark_graph.backbones import BACKBONES
+    from landmark_graph.engine.backbones import BACKBONES
     from landmark_graph.schemes import SCHEMES
 
     (tmp_path / "lg_test_plugin.py").write_text(PLUGIN)
@@ -289,7 +289,7 @@ def test_augment_sets_the_training_augmentation_strength(tmp_path):
 def _terminal_output(argv: list[str], tqdm: bool) -> str:
     """What a terminal shows of ``landmark-graph ARGV``: stdout and stderr on one pty."""
     prelude = "" if tqdm else "import sys; sys.modules['tqdm'] = sys.modules['tqdm.auto'] = None; "
-    code = prelude + f"from landmark_graph.cli import main; raise SystemExit(main({argv!r}))"
+    code = prelude + f"from landmark_graph.engine.cli import main; raise SystemExit(main({argv!r}))"
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
     process = subprocess.Popen([sys.executable, "-c", code], stdout=follower, stderr=follower)

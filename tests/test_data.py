@@ -294,8 +294,8 @@ def test_one_based_coordinates_subtract_one(tmp_path):
 
 
 def test_train_flag_one_based_reaches_the_readers(tmp_path):
-    from landmark_graph import cli
-    from landmark_graph.training import DATASETS, TrainConfig
+    from landmark_graph.engine import cli
+    from landmark_graph.engine.training import DATASETS, TrainConfig
 
     rng = np.random.default_rng(16)
     for split in ("train", "test"):

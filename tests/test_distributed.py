@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from landmark_graph.training import TrainConfig, build_model, train
+from landmark_graph.engine.training import TrainConfig, build_model, train
 
 pytestmark = pytest.mark.slow
 

@@ -9,12 +9,8 @@ import torch
 from torch import nn
 
 from landmark_graph import LGRLHead
-from landmark_graph.export import (
-    export_onnx,
-    export_program,
-    load_checkpoint_model,
-    run_onnx,
-)
+from landmark_graph.engine.export import load_checkpoint_model
+from landmark_graph.onnx import export_onnx, export_program, run_onnx
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -103,8 +99,8 @@ def test_export_rejects_bad_arguments(tmp_path):
 
 def test_export_command_on_a_training_checkpoint(tmp_path, capsys):
     pytest.importorskip("onnxscript")
-    from landmark_graph.cli import main
-    from landmark_graph.training import TrainConfig, build_model
+    from landmark_graph.engine.cli import main
+    from landmark_graph.engine.training import TrainConfig, build_model
 
     config = TrainConfig(image_size=32, scheme="cofw29", hidden_features=8, num_blocks=1,
                          backbone_width=4, head_channels=8)
@@ -160,7 +156,7 @@ def _trained_like_checkpoint(path, config):
     """A train checkpoint whose BatchNorm statistics come from face images, as after training:
     normal random inputs then drive its outputs to hundreds of pixels."""
     from landmark_graph.data.synthetic import SyntheticFaces
-    from landmark_graph.training import build_model
+    from landmark_graph.engine.training import build_model
 
     faces = SyntheticFaces(config.scheme_name, 64, config.image_size, seed=5)
     images = torch.stack([faces[i]["image"] for i in range(64)])
@@ -182,8 +178,8 @@ def test_export_check_uses_realistic_inputs_and_a_relative_tolerance(tmp_path, c
     # Before the fix the check fed torch.randn images and required 1e-4 absolute: on this
     # checkpoint the outputs reach ~300 px and float32 rounding alone differs by ~3e-4.
     pytest.importorskip("onnxscript")
-    from landmark_graph.cli import main
-    from landmark_graph.training import TrainConfig
+    from landmark_graph.engine.cli import main
+    from landmark_graph.engine.training import TrainConfig
 
     config = TrainConfig(image_size=32, scheme="cofw29", backbone_width=8, hidden_features=16, num_blocks=1,
                          head_channels=16)

@@ -19,26 +19,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "landmark_graph"
 
-# The application modules: the training engine, the command, export's CLI half, inference and its
-# detectors and pictures, the backbones' third-party glue. After they move into one subpackage
-# this list becomes ["landmark_graph.engine"].
-APPLICATION = [
-    "landmark_graph.__main__",
-    "landmark_graph._checkpoint_io",
-    "landmark_graph.backbones",
-    "landmark_graph.cli",
-    "landmark_graph.detectors",
-    "landmark_graph.drawing",
-    "landmark_graph.export",
-    "landmark_graph.inference",
-    "landmark_graph.training",
-]
+# The application modules: the training engine and its checkpoints, the command, export's CLI half,
+# inference and its detectors and pictures, the backbones' third-party glue.
+APPLICATION = ["landmark_graph.engine"]
 DATA = ["landmark_graph.data"]
 # The bottom layer: the ops and the helpers every layer uses.
 BASE = ["landmark_graph.ops", "landmark_graph._checks", "landmark_graph.registry"]
-# Modules that only re-export others, which may import any layer: the package, and after the move
-# the thin aliases left at the old paths (landmark_graph.training -> landmark_graph.engine...).
-ALIASES = ["landmark_graph"]
+# Modules that only re-export others, which may import any layer: the package, ``python -m`` and
+# the old paths of the moved modules (landmark_graph.training -> landmark_graph.engine.training),
+# which landmark_graph._aliases serves with the engine modules themselves (no file of their own).
+ALIASES = ["landmark_graph", "landmark_graph.__main__", "landmark_graph._aliases"]
 
 
 def _under(module: str, prefixes: list[str]) -> bool:

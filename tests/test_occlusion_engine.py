@@ -13,10 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from landmark_graph import functional as LF
-from landmark_graph.cli import main
 from landmark_graph.data.synthetic import SyntheticConfig, SyntheticFaces, paste_occluders, synthesize_face
-from landmark_graph.heads import HeadOutput
-from landmark_graph.training import (
+from landmark_graph.engine.cli import main
+from landmark_graph.engine.training import (
     LandmarkCriterion,
     TrainConfig,
     batch_loss,
@@ -25,6 +24,7 @@ from landmark_graph.training import (
     model_from_checkpoint,
     train,
 )
+from landmark_graph.heads import HeadOutput
 
 TINY = dict(epochs=1, steps_per_epoch=2, batch_size=4, image_size=32, train_size=8, test_size=4,
             scheme="cofw29", hidden_features=8, num_blocks=1, backbone_width=8, head_channels=8,
@@ -226,7 +226,8 @@ def test_cli_rejects_gate_edges_without_visibility(capsys):
 def test_export_checkpoint_carries_named_visibility_and_scale_outputs(tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    from landmark_graph.export import export_checkpoint, run_onnx
+    from landmark_graph.engine.export import export_checkpoint
+    from landmark_graph.onnx import run_onnx
 
     config = TrainConfig(**TINY, **FULL, out_dir=str(tmp_path / "run"))
     result = train(config)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from landmark_graph import LGRLHead
-from landmark_graph.export import export_onnx
+from landmark_graph.onnx import export_onnx
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")

@@ -484,7 +484,7 @@ CALL = ("import torch, landmark_graph as lg\n"
 
 
 def test_import_and_a_cpu_call_are_silent_without_triton():
-    proc = _python("import landmark_graph.cli\n" + CALL, block_triton=True)
+    proc = _python("import landmark_graph.engine.cli\n" + CALL, block_triton=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""
 

@@ -10,10 +10,10 @@ import torch
 from helpers import usable
 from torch import nn
 
-from landmark_graph import cli
 from landmark_graph.data import AnnotationError, crop_matrix, transform_points
-from landmark_graph.detectors import DETECTORS, BoxMap, get_detector, register_detector
-from landmark_graph.inference import (
+from landmark_graph.engine import cli
+from landmark_graph.engine.detectors import DETECTORS, BoxMap, get_detector, register_detector
+from landmark_graph.engine.inference import (
     LandmarkPredictor,
     boxes_for,
     crop_faces,
@@ -216,7 +216,7 @@ def test_detector_registry(fake_detector):
         register_detector(fake_detector)(lambda image: (np.zeros((0, 4)), np.zeros(0)))
     with pytest.raises(ValueError, match=r"unknown detector 'nope'; registered: .*test-fake"):
         get_detector("nope")
-    assert get_detector("landmark_graph.detectors:test-fake") is detector  # module:name imports first
+    assert get_detector("landmark_graph.engine.detectors:test-fake") is detector  # module:name imports first
     with pytest.raises(ModuleNotFoundError, match="no_such_module"):
         get_detector("no_such_module:fake")
     with pytest.raises(ValueError, match="takes an ndarray"):
@@ -283,7 +283,7 @@ def test_haar_finds_grace_hopper():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from landmark_graph.training import TrainConfig, train
+    from landmark_graph.engine.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(scheme="cofw29", image_size=32, train_size=8, test_size=2, backbone_width=8,

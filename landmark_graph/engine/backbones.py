@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .registry import Registry
+from ..registry import Registry
 
 __all__ = [
     "BACKBONES",

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..registry import Registry
 from .export import add_export_arguments, run_export_command
-from .registry import Registry
 
 __all__ = ["PLUGINS_ENV", "SUBCOMMANDS", "UsageError", "config_from_args", "import_plugins", "main",
            "register_subcommand"]
@@ -153,9 +153,9 @@ _OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out
 
 
 def _config_choices() -> dict[str, list[str]]:
+    from ..edge_weights import EDGE_WEIGHT_MODES
+    from ..schemes import SCHEMES
     from . import training
-    from .edge_weights import EDGE_WEIGHT_MODES
-    from .schemes import SCHEMES
 
     return {"dataset": training.DATASETS.names(), "head": training.HEADS.names(),
             "loss": training.LOSSES.names(), "optimizer": training.OPTIMIZERS.names(),
@@ -189,7 +189,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] =
 
 
 def config_from_args(args: argparse.Namespace, **overrides):
-    """The :class:`~landmark_graph.training.TrainConfig` of parsed ``train`` options (plus ``overrides``)."""
+    """The :class:`~landmark_graph.engine.training.TrainConfig` of parsed ``train`` options (plus
+    ``overrides``)."""
     from .training import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -317,7 +318,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _truth_for(images: list[Path], truth: str | None) -> list:
-    from .data import read_pts
+    from ..data import read_pts
 
     if truth is None:
         return [None] * len(images)
@@ -350,7 +351,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
-    from .data import load_image
+    from ..data import load_image
     from .drawing import pyplot, save_face_drawing
     from .inference import LandmarkPredictor, boxes_for, list_images, read_boxes
 
@@ -405,7 +406,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .schemes import SCHEMES
+    from ..schemes import SCHEMES
 
     parser.add_argument("--steps", type=int, default=600, help="training steps per model (default: 600)")
     parser.add_argument("--out", default="landmark-graph-demo", help="folder for the PNGs and results.json")
@@ -548,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``landmark-graph``; returns the exit code."""
-    from .data import AnnotationError
+    from ..data import AnnotationError
     from .training import CheckpointError
 
     user_errors = (UsageError, ValueError, FileNotFoundError, ImportError, CheckpointError, AnnotationError)

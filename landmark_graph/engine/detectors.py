@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_boxes
-from .registry import Registry
+from .._checks import check_boxes
+from ..registry import Registry
 
 __all__ = [
     "DETECTORS",

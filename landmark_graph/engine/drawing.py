@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .schemes import LandmarkScheme, get_scheme
+from ..schemes import LandmarkScheme, get_scheme
 
 __all__ = ["draw_landmarks", "pyplot", "save_face_drawing"]
 
@@ -58,7 +58,7 @@ def save_face_drawing(
     *,
     width: float = 6.0,
 ) -> None:
-    """Save ``image`` with each :class:`~landmark_graph.inference.Face`'s box (and score) and
+    """Save ``image`` with each :class:`~landmark_graph.engine.inference.Face`'s box (and score) and
     landmarks (green; red crosses on those whose visibility is under 0.5), and the ground truth
     ``ndarray[N, 2]`` (white) when given, as a PNG."""
     plt = pyplot()

@@ -7,10 +7,10 @@ longer side times ``margin`` to :math:`S` pixels, centres matched), so a point p
 
 Boxes are *landmark boxes* unless said otherwise: the extent of the face's landmarks (brows to
 chin, ear to ear for 68 or 98 points), the box 300W and the synthetic faces are cropped around.
-A detector's boxes are turned into landmark boxes by its :class:`~landmark_graph.detectors.BoxMap`.
+A detector's boxes are turned into landmark boxes by its :class:`~landmark_graph.engine.detectors.BoxMap`.
 A model trained on WFLW or COFW was cropped around those sets' annotated boxes instead: give it
-boxes of that kind, or fit a :class:`~landmark_graph.detectors.BoxMap` from the detector's boxes
-to them on training images (:meth:`~landmark_graph.detectors.BoxMap.fit`).
+boxes of that kind, or fit a :class:`~landmark_graph.engine.detectors.BoxMap` from the detector's boxes
+to them on training images (:meth:`~landmark_graph.engine.detectors.BoxMap.fit`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_boxes
-from .data.readers import AnnotationError
-from .data.transforms import crop_matrix, to_image_tensor, warp_image
+from .._checks import check_boxes
+from ..data.readers import AnnotationError
+from ..data.transforms import crop_matrix, to_image_tensor, warp_image
+from ..schemes import LandmarkScheme, get_scheme
 from .detectors import BoxMap, Detector, get_detector
-from .schemes import LandmarkScheme, get_scheme
 
 __all__ = [
     "Face",
@@ -136,7 +136,7 @@ def synthetic_box_map(scheme: LandmarkScheme | str, image_size: int, margin: flo
     ``scale=1.22``: the synthetic faces leave more room around the landmarks than a
     ``margin``-1.25 crop).
     """
-    from .data.synthetic import SyntheticFaces
+    from ..data.synthetic import SyntheticFaces
 
     shapes = SyntheticFaces(scheme, count, image_size, seed=0).landmarks().numpy().astype(np.float64)
     landmark_boxes = np.concatenate([shapes.min(1), shapes.max(1)], axis=1)
@@ -160,14 +160,14 @@ class LandmarkPredictor:
         margin: crop side over the longer box side (training uses 1.25).
         box_map: from the boxes given (landmark boxes) to the training boxes; default the
             identity (a model trained on 300W); :func:`synthetic_box_map` for synthetic faces.
-        detector: a registered detector's name or a :class:`~landmark_graph.detectors.Detector`,
+        detector: a registered detector's name or a :class:`~landmark_graph.engine.detectors.Detector`,
             used for images given without boxes; without one such an image is its own crop.
         min_score: drop detections scoring lower.
         batch_size: crops per forward pass.
         device: where the model runs.
 
     Example:
-        >>> from landmark_graph.training import TrainConfig, build_model
+        >>> from landmark_graph.engine.training import TrainConfig, build_model
         >>> config = TrainConfig(scheme="cofw29", image_size=32, backbone_width=8, hidden_features=16,
         ...                      num_blocks=1, head_channels=16)
         >>> predictor = LandmarkPredictor(build_model(config).eval(), "cofw29", 32)

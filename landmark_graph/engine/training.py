@@ -44,15 +44,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import functional as LF
-from ._checkpoint_io import CheckpointError, read_torch_file, replacing, save_atomic
-from .adjacency import build_correlation_adjacency, index_order_adjacency
+from .. import functional as LF
+from ..adjacency import build_correlation_adjacency, index_order_adjacency
+from ..heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
+from ..losses import RelativeLocationLoss, SoftWingLoss, WingLoss
+from ..metrics import LandmarkEvaluator, attribute_subsets, occlusion_report
+from ..registry import Registry
+from ..schemes import get_scheme
 from .backbones import SmallCNN, build_backbone
-from .heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
-from .losses import RelativeLocationLoss, SoftWingLoss, WingLoss
-from .metrics import LandmarkEvaluator, attribute_subsets, occlusion_report
-from .registry import Registry
-from .schemes import get_scheme
+from .checkpoints import CheckpointError, read_torch_file, replacing, save_atomic
 
 __all__ = [
     "ADJACENCIES",
@@ -89,7 +89,7 @@ class TrainConfig:
     and synthetic data are 0-based and ignore it); ``augment`` is the strength of the training
     augmentation of a real set (1: the paper's ranges, 0: none;
     :meth:`~landmark_graph.data.Augmentation.scaled`; synthetic faces are not augmented).
-    Model: ``backbone`` name (:func:`~landmark_graph.backbones.build_backbone`), ``head``
+    Model: ``backbone`` name (:func:`~landmark_graph.engine.backbones.build_backbone`), ``head``
     (``"lgrl"`` or ``"fc"``) and its options; ``adjacency`` is ``"correlation"`` (eq. 1-2 on the
     training landmarks), ``"scheme"`` (the scheme's default) or ``"index"`` (index order).
     Loss: ``loss`` (``"l1"``, ``"wing"``, ``"softwing"``) plus ``relative_weight`` times the
@@ -241,7 +241,7 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def _synthetic(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
-    from .data.synthetic import SyntheticFaces
+    from ..data.synthetic import SyntheticFaces
 
     def make(length: int, stream: int, occlusion: float) -> SyntheticFaces:
         return SyntheticFaces(config.scheme_name, length, config.image_size,
@@ -261,14 +261,14 @@ def _one(root: Path, pattern: str) -> Path:
 
 
 def _wflw_records(root: Path, split: str, config: TrainConfig) -> list:
-    from .data import read_wflw
+    from ..data import read_wflw
 
     images = root / "WFLW_images"
     return read_wflw(_one(root, f"list_98pt_rect_attr_{split}.txt"), images if images.is_dir() else None)
 
 
 def _300w_records(root: Path, split: str, config: TrainConfig) -> list:
-    from .data import read_300w
+    from ..data import read_300w
 
     folder = root / split
     if not folder.is_dir():
@@ -278,7 +278,7 @@ def _300w_records(root: Path, split: str, config: TrainConfig) -> list:
 
 
 def _cofw_records(root: Path, split: str, config: TrainConfig) -> list:
-    from .data import read_cofw
+    from ..data import read_cofw
 
     return read_cofw(_one(root, f"COFW_{split}*.mat"), split, one_based=config.one_based)
 
@@ -289,7 +289,7 @@ def _real(
     """Builder for a data set on disk: ``read(root, split, config)`` gives the records of a split."""
 
     def build(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
-        from .data import Augmentation, LandmarkDataset
+        from ..data import Augmentation, LandmarkDataset
 
         root = Path(config.data_root)
         if not root.is_dir():
@@ -894,7 +894,7 @@ def train(
 
 def _with_pasted_occluders(batch: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """The batch plus ``"pasted"`` images (occluders drawn over) and their ``"pasted_visible"`` flags."""
-    from .data.synthetic import paste_occluders
+    from ..data.synthetic import paste_occluders
 
     pasted, covered = paste_occluders(batch["image"], batch["landmarks"], rng)
     visible = batch.get("visible")
