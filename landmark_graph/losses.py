@@ -159,7 +159,7 @@ class AttentionHeatmapLoss(nn.Module):
 
     def __init__(self, sigma: float = 0.5, reduction: str = "mean") -> None:
         super().__init__()
-        LF._check_positive(sigma=sigma)
+        check_positive(sigma=sigma)
         self.sigma = sigma
         self.reduction = _check_reduction(reduction)
 
