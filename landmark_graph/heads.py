@@ -62,6 +62,13 @@ class HeadOutput(NamedTuple):
             of ``landmarks`` (``uncertainty=True``).
         attention_logits: ``Tensor[B, N, H, W]``, each landmark's attention logits
             (``embedding="attention"``), for :func:`~landmark_graph.functional.attention_heatmap_loss`.
+
+    Example:
+        >>> import torch
+        >>> out = LGRLHead(5, k=2, hidden_features=8, num_blocks=1, visibility=True)(
+        ...     torch.randn(2, 16, 4, 4), return_details=True)
+        >>> out.visibility_logits.shape, out.log_scale is None, out.attention_logits is None
+        (torch.Size([2, 5]), True, True)
     """
 
     landmarks: Tensor
