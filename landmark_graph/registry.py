@@ -18,7 +18,7 @@ Example:
     >>> ACTIVATIONS.get("tanh")
     Traceback (most recent call last):
     ...
-    ValueError: unknown activation 'tanh'; registered: relu, identity
+    landmark_graph.registry.UnknownNameError: unknown activation 'tanh'; registered: relu, identity
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "UnknownNameError"]
 
 T = TypeVar("T")
+
+
+class UnknownNameError(ValueError):
+    """A name no :class:`Registry` entry has (a ``ValueError``, so callers catching that still do)."""
 
 
 class Registry(Generic[T]):
@@ -75,12 +79,13 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def get(self, name: str) -> T:
-        """What ``name`` holds; a one-line ``ValueError`` listing the registered names otherwise."""
+        """What ``name`` holds; a one-line :class:`UnknownNameError` listing the registered names
+        otherwise."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name
             known = ", ".join(self._entries)
-            raise ValueError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
     def names(self) -> list[str]:
         """The registered names, in registration order."""

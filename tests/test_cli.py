@@ -19,6 +19,7 @@ from landmark_graph.data import LandmarkDataset
 from landmark_graph.engine import cli
 from landmark_graph.engine.backbones import build_backbone, torchvision_install_command
 from landmark_graph.engine.training import DATASETS, TrainConfig, load_checkpoint
+from landmark_graph.schemes import SCHEMES
 
 TINY = ["--scheme", "cofw29", "--image-size", "32", "--train-size", "16", "--test-size", "4",
         "--backbone-width", "8", "--hidden-features", "16", "--num-blocks", "1", "--head-channels", "16",
@@ -124,6 +125,9 @@ def test_plugin_registrations_are_usable_from_the_command(plugin, tmp_path, caps
         cli.main(["--plugin", "lg_test_plugin", "train", "--help"])
     printed = capsys.readouterr().out
     assert "plugin-five" in printed and "plugin-cnn" in printed
+    SCHEMES.unregister("plugin-five")  # a later command, run without the plugin
+    assert cli.main(["evaluate", str(tmp_path / "a" / "last.pt")]) == 2
+    assert "unknown landmark scheme 'plugin-five'" in (line := _error_line(capsys)) and "--plugin" in line
 
 
 def test_plugins_from_the_environment_and_files(plugin, monkeypatch, capsys):

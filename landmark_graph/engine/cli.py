@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, UnknownNameError
 from .export import add_export_arguments, run_export_command
 
 __all__ = ["PLUGINS_ENV", "SUBCOMMANDS", "UsageError", "config_from_args", "import_plugins", "main",
@@ -559,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except user_errors as error:
         message = " ".join(str(error).split())
+        if isinstance(error, UnknownNameError):  # e.g. a checkpoint trained with a plugin's scheme
+            message += " (registered by a plugin? give it with --plugin MODULE)"
         print(f"landmark-graph: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
