@@ -291,8 +291,8 @@ class LandmarkPredictor:
                 face.landmarks = image_points[i]
                 if visible is not None:
                     face.visibility = visible[start + i].numpy()
-                if scales is not None:  # the crops are axis-aligned: each axis scales on its own
-                    face.scale = (scales[start + i] * torch.linalg.inv(maps[i]).diagonal()[:2].abs()).numpy()
+                if scales is not None:  # axis-aligned crops: crop pixels per image pixel on each axis
+                    face.scale = (scales[start + i] / maps[i].diagonal()[:2].abs()).numpy()
             start += len(faces)
             yield faces
 
