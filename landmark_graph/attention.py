@@ -104,8 +104,9 @@ class AttentionToNode(nn.Module):
         >>> nodes, logits = m(torch.randn(2, 512, 8, 8))
         >>> nodes.shape, logits.shape
         (torch.Size([2, 98, 132]), torch.Size([2, 98, 8, 8]))
-        >>> m.attention_maps(torch.randn(2, 512, 5, 7)).sum(dim=(-2, -1))[0, :3]
-        tensor([1.0000, 1.0000, 1.0000])
+        >>> maps = m.attention_maps(torch.randn(2, 512, 5, 7))
+        >>> torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(2, 98))
+        True
     """
 
     def __init__(
