@@ -65,8 +65,9 @@ class Layout:
 
     @cached_property
     def target(self) -> Tensor:
-        """``(N, K)``: each slot's column in the dense matrix (padding: an extra column ``N``)."""
-        return torch.where(self.valid, self.index, self.n)
+        """``(1, N, K)``: each slot's column in the dense matrix (padding: an extra column ``N``);
+        one image's view made once, since a view per call costs as much as the B = 1 scatter."""
+        return torch.where(self.valid, self.index, self.n)[None]
 
     @cached_property
     def used(self) -> Tensor:
@@ -76,21 +77,21 @@ class Layout:
     @cached_property
     def scores(self) -> tuple[Tensor, Tensor] | None:
         """``(edges, target)`` for the fused softmax: the graph as ``BoolTensor[N, N]`` and each
-        slot's column, padding on a non-edge of its row (one exists while ``K <= N``); ``None``
+        slot's column ``(1, N, K)``, padding on a non-edge of its row (one exists while ``K <= N``); ``None``
         where a row lists a sender twice or ``K > N``."""
         n = self.n
-        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target, True)[:, :n]
+        edges = self.valid.new_zeros(n, n + 1).scatter_(1, self.target[0], True)[:, :n]
         if self.k > n or int(edges.sum()) != int(self.valid.sum()):
             return None
         outside = (~edges).to(torch.uint8).argmax(dim=1, keepdim=True)
-        return edges, torch.where(self.valid, self.index, outside)
+        return edges, torch.where(self.valid, self.index, outside)[None]
 
     def base(self, dtype: torch.dtype) -> Tensor:
-        """``(N, N)``: 0 on the edges, ``-inf`` elsewhere (needs :attr:`scores`)."""
+        """``(1, N, N)``: 0 on the edges, ``-inf`` elsewhere (needs :attr:`scores`)."""
         base = self._bases.get(dtype)
         if base is None:
             edges = self.scores[0]  # type: ignore[index]
-            base = edges.new_zeros(edges.shape, dtype=dtype).masked_fill_(~edges, -torch.inf)
+            base = edges.new_zeros(1, *edges.shape, dtype=dtype).masked_fill_(~edges, -torch.inf)
             self._bases[dtype] = base
         return base
 
@@ -119,7 +120,7 @@ def layout(table: Any) -> Layout:
     """The :class:`Layout` kept on a ``NeighborTable`` while its index buffer is the same tensor
     (a new graph, a load or ``.to()`` replaces it)."""
     lay = table._layout
-    if lay is None or lay.index is not table.index:
+    if lay is None or lay.index is not table._buffers["index"]:  # not Module.__getattr__: per call
         lay = table._layout = Layout(*table.tables)
     return lay
 
@@ -140,10 +141,12 @@ def _bags(x: Tensor, values: Tensor, lay: Layout) -> Tensor:
 
 def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
     b, n, _ = x.shape
+    target = lay.target
     if weight.dim() == 2:
-        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, lay.target, weight)
+        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, target[0], weight)
     else:
-        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, lay.target.expand(b, n, lay.k), weight)
+        target = target if b == 1 else target.expand(b, n, lay.k)
+        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, target, weight)
     if lay.padded:
         a = a.narrow(-1, 0, n)
     return torch.matmul(a, x) if weight.dim() == 2 else torch.bmm(a, x)
@@ -166,12 +169,13 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
     form = form or formulation(*x.shape, x.is_cpu, backward)
     scores = lay.scores if form == "dense" else None
     if scores is not None:
-        base = lay.base(x.dtype)
+        base, target = lay.base(x.dtype), scores[1]
         if logits.dim() == 2:
-            return torch.matmul(base.scatter_add(1, scores[1], logits).softmax(-1), x)
+            return torch.matmul(base[0].scatter_add(1, target[0], logits).softmax(-1), x)
         b, n, _ = x.shape
-        return torch.bmm(base.expand(b, n, n).scatter_add(2, scores[1].expand(b, n, lay.k), logits)
-                         .softmax(-1), x)
+        if b > 1:
+            base, target = base.expand(b, n, n), target.expand(b, n, lay.k)
+        return torch.bmm(base.scatter_add(2, target, logits).softmax(-1), x)
     if form == "sparse" and logits.dim() == 3 and not backward:
         # PyTorch's CPU softmax over a last dimension of 4-8 runs row by row: take it over K in a
         # (B, K, N) copy, which also drops the padding, then pick the CSR values out of it.

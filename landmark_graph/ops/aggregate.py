@@ -12,7 +12,6 @@ from ``LANDMARK_GRAPH_BACKEND`` and ``LANDMARK_GRAPH_CPU_FORMULATION`` at import
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -129,9 +128,12 @@ def _autocast_on(x: Tensor) -> bool:
         return False
 
 
-def _autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
-    """The PyTorch path computes in ``x``'s dtype: autocast would recast its ``bmm``."""
-    return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else contextlib.nullcontext()
+def _eager(fn: Callable[..., Tensor], p: Tensor, *args: Any) -> Tensor:
+    """``fn(p, *args)`` of the PyTorch path in the inputs' dtype: autocast would recast its ``bmm``."""
+    if not _autocast_on(p):  # a context per call costs as much as the B = 1 work
+        return fn(p, *args)
+    with torch.autocast(p.device.type, enabled=False):
+        return fn(p, *args)
 
 
 def _run(name: str, p: Tensor, q: Tensor, tables: tuple[Tensor, ...]) -> Tensor:
@@ -147,8 +149,7 @@ def _run(name: str, p: Tensor, q: Tensor, tables: tuple[Tensor, ...]) -> Tensor:
             _triton["cuda" if x.is_cuda else "cpu"] = None
             _warn(f"the Triton kernel failed ({type(err).__name__}: {err}); the aggregation runs on the "
                   "PyTorch path from now on")
-    with _autocast_off(x):
-        return getattr(_cpu, name)(p, q, _cpu.Layout(*tables))
+    return _eager(getattr(_cpu, name), p, q, _cpu.Layout(*tables))
 
 
 @torch.library.custom_op("landmark_graph::aggregate", mutates_args=())
@@ -332,8 +333,7 @@ def neighbor_aggregate(x: Tensor, weight: Tensor, index: Tensor | NeighborTable)
     """
     route, weight, it, form = _prepare(x, weight, index, "weight")
     if route == "eager":
-        with _autocast_off(x):
-            return _cpu.aggregate(x, weight, it, form)
+        return _eager(_cpu.aggregate, x, weight, it, form)
     if route == "op":
         return _aggregate_op(x, weight, *it)
     return aggregate_reference(x, weight, it)
@@ -370,8 +370,7 @@ def neighbor_softmax_aggregate(x: Tensor, logits: Tensor, index: Tensor | Neighb
     """
     route, logits, it, form = _prepare(x, logits, index, "logits")
     if route == "eager":
-        with _autocast_off(x):
-            return _cpu.softmax_aggregate(x, logits, it, form)
+        return _eager(_cpu.softmax_aggregate, x, logits, it, form)
     weight = edge_softmax(logits, (it[0] if route == "op" else it) >= 0)
     if route == "op":
         return _aggregate_op(x, weight, *it)
