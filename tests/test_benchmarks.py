@@ -48,3 +48,14 @@ def test_bench_head_counts_the_formula(tmp_path, monkeypatch):
     assert abs(flops["LGRLHead-dynamic"]["flops_graph_layers"] / formula - 1) < 0.01
     assert flops["authors-dense"]["flops_graph_layers"] > 3 * formula  # dense N x N products
     assert set(result["graph_layers_fwd_bwd"]) == {"LGRLHead-dynamic", "LGRLHead-static", "authors-dense"}
+
+
+def test_compare_latency_runs_both_trees(monkeypatch, capsys):
+    root = str(BENCHMARKS.parent)
+    _run("compare_latency.py", root, root, "--repeats", "1", "--threads", "1", "--rounds", "5",
+         monkeypatch=monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["label"] for r in records] == ["old", "new"]
+    assert all(r["B1"]["ratio"] > 0 and r["B64"]["ratio"] > 0 for r in records)
+    assert any(line.startswith("threads=1 B1:") and "new/old" in line for line in lines)

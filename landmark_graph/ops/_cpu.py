@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .edge_softmax import edge_softmax
+from .edge_softmax import SMALL_SOFTMAX, edge_softmax
 
 FORMULATIONS = ("dense", "sparse")
 pinned = "auto"  # or one of FORMULATIONS: set by landmark_graph.ops.set_cpu_formulation
@@ -176,7 +176,7 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
         if b > 1:
             base, target = base.expand(b, n, n), target.expand(b, n, lay.k)
         return torch.bmm(base.scatter_add(2, target, logits).softmax(-1), x)
-    if form == "sparse" and logits.dim() == 3 and not backward:
+    if form == "sparse" and logits.dim() == 3 and not backward and logits.numel() > SMALL_SOFTMAX:
         # PyTorch's CPU softmax over a last dimension of 4-8 runs row by row: take it over K in a
         # (B, K, N) copy, which also drops the padding, then pick the CSR values out of it.
         b, n, _ = x.shape

@@ -9,7 +9,7 @@ __all__ = ["edge_softmax"]
 
 # Above this many elements the softmax runs over a leading dimension of the transposed logits: on CPU
 # it vectorises across rows there, over a short last one it takes one row at a time.
-_SMALL_SOFTMAX = 1024
+SMALL_SOFTMAX = 1024
 
 
 def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
     masked = torch.where(valid, logits, float("-inf"))
     # Tracers take one form for every size: a size test would guard a dynamic batch.
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if tracing or logits.numel() <= _SMALL_SOFTMAX:
+    if tracing or logits.numel() <= SMALL_SOFTMAX:
         return masked.softmax(dim=-1)
     k = logits.shape[-1]
     return masked.reshape(-1, k).t().softmax(dim=0).t().view(logits.shape)
