@@ -114,9 +114,47 @@ def test_consistency_term_is_soft_wing_of_the_pasted_copy_to_the_detached_clean_
     out = model(torch.cat([batch["image"], pasted]), return_details=True)
     base = criterion(out, torch.cat([batch["landmarks"]] * 2), torch.cat([batch["visible"], visible]))
     clean, occluded = (out.landmarks * 8).chunk(2)
-    term = LF.soft_wing_loss(occluded, clean, visible)
+    term = LF.soft_wing_loss(occluded, clean, visible, reduction="sum") / (2 * occluded.numel())
     assert term > 0
     torch.testing.assert_close(batch_loss(model, criterion, real, config), base + 0.3 * term)
+
+
+class _FixedPredictions(torch.nn.Module):
+    """A 'model' whose landmarks are one parameter per image of the batch (clean, then pasted)."""
+
+    def __init__(self, landmarks: torch.Tensor) -> None:
+        super().__init__()
+        self.landmarks = torch.nn.Parameter(landmarks.clone())
+
+    def forward(self, images: torch.Tensor, return_details: bool = False) -> HeadOutput:
+        return HeadOutput(self.landmarks, None, None, None)
+
+
+@pytest.mark.parametrize("weight", [0.3, 1.0])
+def test_consistency_pulls_a_point_no_harder_when_others_are_hidden(weight):
+    """The consistency term's pull on a visible pasted point is the weight times the landmark
+    loss's pull for the same error, however many points the occluders hide (a mean over the
+    visible points pulled harder the more were hidden, and made training run away)."""
+    config = TrainConfig(**TINY, consistency_weight=weight)
+    criterion = LandmarkCriterion("softwing", 32)
+    batch = _batch()
+    target = batch["landmarks"]
+    # Clean copy on target; pasted copy 0.5 px off target at every point.
+    net = _FixedPredictions(torch.cat([target, target + 0.5]))
+    grads = []
+    for hidden in (0, 20):
+        visible = torch.ones(4, 29, dtype=torch.bool)
+        visible[:, 29 - hidden:] = False
+        b = {**batch, "visible": torch.ones_like(visible), "pasted": batch["image"],
+             "pasted_visible": visible}
+        net.zero_grad()
+        batch_loss(net, criterion, b, config).backward()
+        grads.append(net.landmarks.grad[4:, 0].clone())  # pasted copy, point 0 (always visible)
+    torch.testing.assert_close(grads[0], grads[1])
+    # Landmark pull on the pasted copy's point 0 (the error of the clean copy is 0).
+    net.zero_grad()
+    criterion(net.landmarks, torch.cat([target, target])).backward()
+    torch.testing.assert_close(grads[0], (1 + weight) * net.landmarks.grad[4:, 0])
 
 
 def test_paste_occluders_paints_over_the_covered_landmarks_only():

@@ -104,7 +104,8 @@ class TrainConfig:
     ``uncertainty_weight`` (Laplace NLL). ``consistency_weight`` > 0: every batch also goes
     through with synthetic occluders pasted on (:func:`~landmark_graph.data.synthetic.paste_occluders`),
     the landmark loss on both copies plus this weight times Soft Wing between the pasted copy's
-    visible landmarks and the clean copy's (detached) predictions.
+    visible landmarks and the clean copy's (detached) predictions, per point as strong as the
+    landmark loss at weight 1 (:func:`batch_loss`).
     """
 
     dataset: str = "synthetic"
@@ -911,11 +912,16 @@ def batch_loss(net: nn.Module, criterion: LandmarkCriterion, batch: Mapping[str,
     images go through together, the criterion counts both, and
 
     .. math::
-        \mathcal L \mathrel{+}= w_c\, \mathrm{SoftWing}\big(s\hat P^{\text{pasted}},\
-        \operatorname{sg}(s\hat P^{\text{clean}});\ v^{\text{pasted}}\big)
+        \mathcal L \mathrel{+}= \frac{w_c}{4BN} \sum_{i,\,c}\, v^{\text{pasted}}_i\,
+        \mathrm{SoftWing}\big(s\hat P^{\text{pasted}}_{ic}
+        - \operatorname{sg}(s\hat P^{\text{clean}}_{ic})\big)
 
     pulls the landmarks the occluders left visible to where the clean image puts them
-    (:math:`\operatorname{sg}`: no gradient through the clean copy).
+    (:math:`\operatorname{sg}`: no gradient through the clean copy). The sum is divided by the
+    landmark loss's count (``2B`` images of ``N`` points, 2 coordinates), not by the visible
+    points': a mean over them would pull each point up to four times harder than the landmark
+    loss does where occluders hide half the face, and the clean predictions the term chases would
+    run away from the targets (docs/results.md).
     """
     images, target = batch["image"], batch["landmarks"]
     if not config.details:
@@ -928,7 +934,8 @@ def batch_loss(net: nn.Module, criterion: LandmarkCriterion, batch: Mapping[str,
     out = net(torch.cat([images, batch["pasted"]]), return_details=True)
     loss = criterion(out, torch.cat([target, target]), torch.cat([clean_visible, pasted_visible]))
     clean, pasted = (out.landmarks * criterion.scale).chunk(2)
-    return loss + config.consistency_weight * LF.soft_wing_loss(pasted, clean.detach(), pasted_visible)
+    consistency = LF.soft_wing_loss(pasted, clean.detach(), pasted_visible, reduction="sum")
+    return loss + config.consistency_weight * consistency / (2 * pasted.numel())
 
 
 def _save(out: Path, model, optimizer, scheduler, config, epoch, history, best, is_best) -> str:
