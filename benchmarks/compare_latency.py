@@ -54,10 +54,14 @@ print(json.dumps(out))
 
 
 def run(tree: Path, threads: int, rounds: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
-    done = subprocess.run([sys.executable, "-c", TIMER, str(threads), str(rounds)], env=env, check=True,
-                          capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    root = tree.resolve()
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", TIMER, str(threads), str(rounds)], env=env, cwd=root,
+                          check=True, capture_output=True, text=True)
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(record["tree"]).resolve().is_relative_to(root):
+        raise SystemExit(f"{tree}: landmark_graph was imported from {record['tree']}, not from the tree")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

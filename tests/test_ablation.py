@@ -201,8 +201,8 @@ def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
     parts = ("embedding", "visibility", "gate_edges", "uncertainty")
     for i in range(1, len(parts) + 1):  # variant i adds part i to variant i - 1
         assert set(overrides[i]) == set(parts[:i])
-    assert overrides[5] == {"consistency_weight": 0.3}
-    assert overrides[6] == {**overrides[4], "consistency_weight": 0.3}
+    assert overrides[5] == {"consistency_weight": ablation.CONSISTENCY_WEIGHT}
+    assert overrides[6] == {**overrides[4], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
     names = {v.name for v in study.variants}
     assert all(ref in names and cand in names for ref, cand in study.pairs)
     args = ablation.build_parser().parse_args(["--study", "occlusion_head"])
