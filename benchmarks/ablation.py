@@ -92,9 +92,10 @@ class Variant:
         resolved = {**BASE, **dict(self.overrides)}
         return ",".join(f"{k}={v}" for k, v in sorted(resolved.items()) if BASE.get(k) != v) or "base"
 
-
-def _variant(name: str, paper: str = "", **overrides: Any) -> Variant:
-    return Variant(name, tuple(sorted(overrides.items())), paper)
+    @classmethod
+    def of(cls, name: str, paper: str = "", **overrides: Any) -> Variant:
+        """The variant ``name`` with these :class:`TrainConfig` overrides."""
+        return cls(name, tuple(sorted(overrides.items())), paper)
 
 
 # The base model: L-GRL head, Soft Wing, no relative loss, dynamic edge weights, k = 3.
@@ -132,7 +133,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
         "head_loss": Study(
             "Head and absolute loss",
             "L-GRL beats FC with every loss; Soft Wing beats Wing and L1 (Tables I, VI, VII).",
-            tuple(_variant(f"{heads[h]} + {losses[loss]}", HEAD_LOSS_PAPER[h, loss], head=h, loss=loss)
+            tuple(Variant.of(f"{heads[h]} + {losses[loss]}", HEAD_LOSS_PAPER[h, loss], head=h, loss=loss)
                   for h in heads for loss in losses),
             tuple((f"FC + {name}", f"L-GRL + {name}") for name in losses.values())
             + tuple((f"{head} + {name}", f"{head} + Soft Wing") for head in heads.values()
@@ -141,7 +142,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
         "relative": Study(
             "Relative location loss",
             "Adding the relative location loss (lambda = 1) lowers NME by 0.1-0.2 % for either head (§IV-E).",
-            tuple(_variant(f"{heads[h]} + Soft Wing{' + relative' if w else ''}",
+            tuple(Variant.of(f"{heads[h]} + Soft Wing{' + relative' if w else ''}",
                            "-0.1 to -0.2 vs without" if w else "", head=h, relative_weight=w)
                   for h in heads for w in (0.0, 1.0)),
             tuple((f"{head} + Soft Wing", f"{head} + Soft Wing + relative") for head in heads.values()),
@@ -150,8 +151,8 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             "Edge weights",
             "Dynamic (per-image) edge weights beat binary ones by 0.2 % NME (§IV-E); the authors' code "
             "uses static learned weights.",
-            (_variant("dynamic", "4.65"), _variant("static", "- (authors' code)", edge_weights="static"),
-             _variant("binary", "4.85 (+0.2)", edge_weights="binary")),
+            (Variant.of("dynamic", "4.65"), Variant.of("static", "- (authors' code)", edge_weights="static"),
+             Variant.of("binary", "4.85 (+0.2)", edge_weights="binary")),
             (("binary", "dynamic"), ("static", "dynamic")),
         ),
         "occlusion_head": Study(
@@ -167,7 +168,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             "Neighbours per node k",
             f"k = 3 or 6 is best; sparser (k = 1) and denser graphs (k up to N-1 = {num_points - 1}) "
             "are worse (Fig. 8).",
-            tuple(_variant(f"k = {k}", "best" if k in (3, 6) else "worse", k=k) for k in ks),
+            tuple(Variant.of(f"k = {k}", "best" if k in (3, 6) else "worse", k=k) for k in ks),
             tuple((f"k = {k}", "k = 3") for k in ks if k != 3) if 3 in ks else (),
         ),
     }
@@ -177,13 +178,13 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
 _FULL_HEAD = dict(embedding="attention", visibility=True, gate_edges=True, uncertainty=True)
 CONSISTENCY_WEIGHT = 1.0  # per point as strong as the landmark loss
 OCCLUSION_HEAD_VARIANTS = (
-    _variant("paper head"),
-    _variant("attention", embedding="attention"),
-    _variant("+ visibility", embedding="attention", visibility=True),
-    _variant("+ gating", embedding="attention", visibility=True, gate_edges=True),
-    _variant("+ uncertainty (full head)", **_FULL_HEAD),
-    _variant("paper head + consistency", consistency_weight=CONSISTENCY_WEIGHT),
-    _variant("full head + consistency", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT),
+    Variant.of("paper head"),
+    Variant.of("attention", embedding="attention"),
+    Variant.of("+ visibility", embedding="attention", visibility=True),
+    Variant.of("+ gating", embedding="attention", visibility=True, gate_edges=True),
+    Variant.of("+ uncertainty (full head)", **_FULL_HEAD),
+    Variant.of("paper head + consistency", consistency_weight=CONSISTENCY_WEIGHT),
+    Variant.of("full head + consistency", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT),
 )
 STUDIES = ("head_loss", "relative", "edge_weights", "k", "occlusion_head")
 

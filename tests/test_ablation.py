@@ -82,7 +82,7 @@ def test_pairs_name_existing_variants(ablation):
 
 
 def test_paired_differences_are_per_seed(ablation):
-    ref, cand = ablation._variant("ref", k=1), ablation._variant("cand", k=6)
+    ref, cand = ablation.Variant.of("ref", k=1), ablation.Variant.of("cand", k=6)
 
     def record(clean):
         return {"metrics": {"clean": {"nme": clean}}}
