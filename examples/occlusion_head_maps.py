@@ -6,7 +6,8 @@
 Trains both heads on the same synthetic COFW-29 faces (a small CNN with a 128x8x8 map at 64 px,
 the profile of ``benchmarks/ablation.py --study occlusion_head``): the
 paper's ``LGRLHead`` and ``LGRLHead(embedding="attention", visibility=True, gate_edges=True,
-uncertainty=True)`` with occlusion-consistency training. Then draws, for one test face with
+uncertainty=True)`` with its visibility and Laplace terms weighted 10 and occlusion-consistency
+training (the best variant of the study in docs/results.md). Then draws, for one test face with
 occluders: each head's edge weights as lines from sender to receiver (the occlusion-aware
 head's gated by the senders' predicted visibility), the attention maps of a few landmarks, and
 the predicted visibility against the true occlusion flags.
@@ -38,7 +39,7 @@ paper = TrainConfig(scheme="cofw29", image_size=64, train_size=args.train_size, 
                     head_channels=128, batch_size=32, lr=2e-3, epochs=1, steps_per_epoch=args.steps,
                     progress=False)
 aware = dataclasses.replace(paper, embedding="attention", visibility=True, gate_edges=True, uncertainty=True,
-                            consistency_weight=0.3)
+                            visibility_weight=10.0, uncertainty_weight=10.0, consistency_weight=1.0)
 train_set = CachedDataset(SyntheticFaces("cofw29", args.train_size, 64, seed=0, occlusion=0.5))
 test_sets = {"occluded": CachedDataset(SyntheticFaces("cofw29", 50, 64, seed=2, occlusion=1.0))}
 models = {}
@@ -83,7 +84,7 @@ for ax, (name, out) in zip(axes[:2], outputs.items(), strict=True):
     ax.scatter(*points[~judged].T, s=5, c="lime", label="predicted")
     if judged.any():
         ax.scatter(*points[judged].T, s=14, c="red", marker="x", linewidths=1, label="judged occluded")
-    ax.set_title(f"{name}: edges (input layer){', gated' if 'aware' in name else ''}", fontsize=9)
+    ax.set_title(f"{name}:\nedges (input layer){', gated' if 'aware' in name else ''}", fontsize=9)
     ax.legend(fontsize=6, loc="lower left")
 # Attention of six landmarks spread over the scheme's order.
 chosen = np.linspace(0, target.shape[1] - 1, 6).round().astype(int).tolist()
@@ -93,14 +94,14 @@ axes[2].imshow(picture)
 axes[2].imshow(maps.amax(0).numpy(), cmap="magma", alpha=0.6, interpolation="bilinear",
                extent=(-0.5, size - 0.5, size - 0.5, -0.5))
 axes[2].scatter(*target[0, chosen].numpy().T, s=18, c="white", marker="+", label="true position")
-axes[2].set_title("attention of 6 landmarks, each scaled to its peak (occlusion-aware head)", fontsize=9)
+axes[2].set_title("occlusion-aware head: attention of\n6 landmarks, each scaled to its peak", fontsize=9)
 axes[2].legend(fontsize=6, loc="lower left")
 probability = torch.sigmoid(outputs["occlusion-aware head"].visibility_logits[0]).numpy()
 axes[3].imshow(picture)
 shown = axes[3].scatter(*target[0].numpy().T, s=10, c=probability, cmap="RdYlGn", vmin=0, vmax=1)
 axes[3].scatter(*target[0, occluded].numpy().T, s=30, facecolors="none", edgecolors="white", linewidths=0.6,
                 label="truly occluded")
-axes[3].set_title("predicted visibility (green = visible)", fontsize=9)
+axes[3].set_title("occlusion-aware head:\npredicted visibility (green = visible)", fontsize=9)
 axes[3].legend(fontsize=6, loc="lower left")
 fig.colorbar(shown, ax=axes[3], fraction=0.046)
 for ax in axes:
