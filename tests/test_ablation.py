@@ -216,7 +216,7 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     section = results["occlusion_head"]
     assert section["set"] == occlusion_set
     by_name = {v["name"]: v for v in section["variants"]}
-    assert len(by_name) == 7 and all(v["seeds"] == seeds for v in by_name.values())
+    assert len(by_name) == 9 and all(v["seeds"] == seeds for v in by_name.values())
     for name, v in by_name.items():
         m = v["metrics"]
         for key in ("clean_nme", "all_nme", "visible 0%-10%"):

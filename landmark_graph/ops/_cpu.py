@@ -173,7 +173,7 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
         if logits.dim() == 2:
             return torch.matmul(base[0].scatter_add(1, target[0], logits).softmax(-1), x)
         b, n, _ = x.shape
-        if b > 1:
+        if b != 1:
             base, target = base.expand(b, n, n), target.expand(b, n, lay.k)
         return torch.bmm(base.scatter_add(2, target, logits).softmax(-1), x)
     if form == "sparse" and logits.dim() == 3 and not backward and logits.numel() > SMALL_SOFTMAX:
