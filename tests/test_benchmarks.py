@@ -59,3 +59,9 @@ def test_compare_latency_runs_both_trees(monkeypatch, capsys):
     assert [r["label"] for r in records] == ["old", "new"]
     assert all(r["B1"]["ratio"] > 0 and r["B64"]["ratio"] > 0 for r in records)
     assert any(line.startswith("threads=1 B1:") and "new/old" in line for line in lines)
+
+
+def test_profile_graph_layers_prints_each_stack(monkeypatch, capsys):
+    _run("profile_graph_layers.py", "--batch", "2", "--threads", "1", monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    assert "== ours (LGRLHead-dynamic):" in out and "aten::mm" in out
