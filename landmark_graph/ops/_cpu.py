@@ -139,14 +139,17 @@ def _bags(x: Tensor, values: Tensor, lay: Layout) -> Tensor:
                            include_last_offset=True).view(b, n, d)
 
 
+def _images(t: Tensor, b: int) -> Tensor:
+    """A cached one-image ``t`` ``(1, ...)`` for ``b`` images: ``t`` itself at ``b = 1``, else a view."""
+    return t if b == 1 else t.expand(b, *t.shape[1:])
+
+
 def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
     b, n, _ = x.shape
-    target = lay.target
     if weight.dim() == 2:
-        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, target[0], weight)
+        a = x.new_zeros(n, n + lay.padded).scatter_add_(1, lay.target[0], weight)
     else:
-        target = target if b == 1 else target.expand(b, n, lay.k)
-        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, target, weight)
+        a = x.new_zeros(b, n, n + lay.padded).scatter_add_(2, _images(lay.target, b), weight)
     if lay.padded:
         a = a.narrow(-1, 0, n)
     return torch.matmul(a, x) if weight.dim() == 2 else torch.bmm(a, x)
@@ -172,10 +175,8 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
         base, target = lay.base(x.dtype), scores[1]
         if logits.dim() == 2:
             return torch.matmul(base[0].scatter_add(1, target[0], logits).softmax(-1), x)
-        b, n, _ = x.shape
-        if b != 1:
-            base, target = base.expand(b, n, n), target.expand(b, n, lay.k)
-        return torch.bmm(base.scatter_add(2, target, logits).softmax(-1), x)
+        b = x.shape[0]
+        return torch.bmm(_images(base, b).scatter_add(2, _images(target, b), logits).softmax(-1), x)
     if form == "sparse" and logits.dim() == 3 and not backward and logits.numel() > SMALL_SOFTMAX:
         # PyTorch's CPU softmax over a last dimension of 4-8 runs row by row: take it over K in a
         # (B, K, N) copy, which also drops the padding, then pick the CSR values out of it.
@@ -192,7 +193,7 @@ def edge_dot(a: Tensor, x: Tensor, lay: Layout) -> Tensor:
     b, n, d = x.shape
     # sampled_addmm computes only the B·N·K dots, but has no half-precision CPU kernel.
     if formulation(b, n, d, x.is_cpu, False) == "dense" or x.dtype not in (torch.float32, torch.float64):
-        out = torch.bmm(a, x.transpose(1, 2)).gather(2, lay.target.clamp(max=n - 1).expand(b, n, lay.k))
+        out = torch.bmm(a, x.transpose(1, 2)).gather(2, _images(lay.target.clamp(max=n - 1), b))
         return out.masked_fill(~lay.valid, 0) if lay.padded else out
     crow, cols, _, _ = lay.batch(b)
     with warnings.catch_warnings():
