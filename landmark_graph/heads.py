@@ -15,6 +15,7 @@ from .edge_weights import EDGE_WEIGHT_MODES, DynamicAdjacency
 from .functional import gate_edge_weights
 from .graph_conv import GraphConv, GraphResidualBlock
 from .map_to_node import MapToNode
+from .node_readout import NodeReadout
 from .ops import NeighborTable
 from .schemes import BUILTIN_SCHEMES, scheme_for_num_landmarks
 
@@ -105,13 +106,16 @@ class LGRLHead(nn.Module):
       :func:`~landmark_graph.functional.attention_heatmap_loss` on
       ``HeadOutput.attention_logits`` beside the landmark loss: without it the attention
       spreads over the map and is no more local than the paper's embedding.
-    - ``visibility=True``: per-landmark visibility logits :math:`v = H_0 w + c`, read from the
-      node embedding before the graph (train them with ``BCEWithLogitsLoss`` on visibility flags).
+    - ``visibility=True``: per-landmark visibility logits :math:`v`, read by a
+      :class:`~landmark_graph.node_readout.NodeReadout` from the node embedding :math:`H_0` before
+      the graph, each node's own row and its neighbourhood's mean (train them with
+      ``BCEWithLogitsLoss`` on visibility flags).
     - ``gate_edges=True`` (needs ``visibility``): every graph layer's edge weights are gated by
       the senders' :math:`\mathrm{sigmoid}(v)` and renormalised
       (:func:`~landmark_graph.functional.gate_edge_weights`); self edges are never gated.
-    - ``uncertainty=True``: a Laplace log-scale per coordinate, read from the last hidden graph
-      features (train it with :class:`~landmark_graph.LaplaceNLLLoss`).
+    - ``uncertainty=True``: a Laplace log-scale per coordinate, read by a
+      :class:`~landmark_graph.node_readout.NodeReadout` from the last hidden graph features
+      (train it with :class:`~landmark_graph.LaplaceNLLLoss`).
 
     ``head(features)`` returns the landmarks whatever the options; ``head(features,
     return_details=True)`` returns a :class:`HeadOutput`.
@@ -227,10 +231,8 @@ class LGRLHead(nn.Module):
         self.output_conv = GraphConv(
             hidden_features, 2, self.table, learn_edge_weights=learn, norm_act=False
         )
-        self.visibility_head = None
-        if visibility:
-            self.visibility_head = nn.LazyLinear(1) if node_features is None else nn.Linear(node_features, 1)
-        self.scale_head = nn.Linear(hidden_features, 2) if uncertainty else None
+        self.visibility_head = NodeReadout(num_landmarks, node_features, 1, table=self.table) if visibility else None
+        self.scale_head = NodeReadout(num_landmarks, hidden_features, 2) if uncertainty else None
         self.position_bias = (
             nn.Parameter(torch.zeros(num_landmarks, 2)) if embedding == "attention" else None
         )

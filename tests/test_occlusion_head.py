@@ -24,6 +24,7 @@ from landmark_graph import (
     index_order_adjacency,
 )
 from landmark_graph import functional as LF
+from landmark_graph.node_readout import NodeReadout
 from landmark_graph.ops import NeighborTable
 
 N = 7
@@ -49,6 +50,64 @@ def perturbed(head: nn.Module, x: torch.Tensor, scale: float = 0.3) -> nn.Module
         for p in head.parameters():
             p.add_(scale * torch.randn_like(p))
     return head
+
+
+# --- NodeReadout --------------------------------------------------------------------------------
+
+
+def _readout_by_hand(readout: NodeReadout, h: torch.Tensor) -> torch.Tensor:
+    """Reference, one node at a time: own row and the plain mean of its neighbours' rows."""
+    w, c = readout.input.weight, readout.input.bias
+    hid = readout.hidden
+    out = []
+    for i in range(h.shape[1]):
+        z = h[:, i] @ w[:hid].T + c[:hid]
+        if readout.table is not None:
+            senders = [j for j in readout.table.index[i].tolist() if j >= 0]
+            z = z + torch.stack([h[:, j] @ w[hid:].T + c[hid:] for j in senders]).mean(0)
+        out.append(readout.output(torch.relu(z)) + readout.node_bias[i])
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("with_table", [True, False])
+def test_node_readout_matches_the_node_by_node_formula(with_table):
+    torch.manual_seed(0)
+    readout = NodeReadout(N, 5, 2, hidden=4, table=_table() if with_table else None).double()
+    with torch.no_grad():
+        readout.node_bias.normal_()
+    h = torch.randn(3, N, 5, dtype=torch.float64)
+    torch.testing.assert_close(readout(h), _readout_by_hand(readout, h))
+
+
+def test_node_readout_reads_the_neighbourhood_and_nothing_else():
+    torch.manual_seed(0)
+    table = _table()
+    readout = NodeReadout(N, 5, 1, table=table)
+    h = torch.randn(2, N, 5)
+    out = readout(h)
+    i = 0
+    neighbour = next(j for j in table.index[i].tolist() if j not in (i, -1))
+    outside = next(j for j in range(N) if j not in table.index[i].tolist())
+    for j, changes in ((neighbour, True), (outside, False)):
+        moved = h.clone()
+        moved[:, j] += 5
+        assert not torch.allclose(readout(moved)[:, i], out[:, i]) if changes else \
+            torch.equal(readout(moved)[:, i], out[:, i])
+
+
+def test_node_readout_gradcheck_lazy_and_dtypes():
+    table = _table()
+    readout = NodeReadout(N, None, 2, hidden=3, table=table)
+    assert readout(torch.randn(1, N, 6)).shape == (1, N, 2)  # in_features inferred
+    readout = readout.double()
+    h = torch.randn(2, N, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(readout, (h,))
+    assert torch.autograd.gradgradcheck(readout, (h,))
+    for dtype in (torch.float32, torch.bfloat16):
+        cast = readout.to(dtype)
+        out = cast(h.detach().to(dtype))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, readout.double()(h.detach()).to(dtype), **TOLERANCES[dtype])
 
 
 # --- gate_edge_weights ------------------------------------------------------------------------
@@ -406,10 +465,10 @@ def test_gating_silences_senders_the_head_judges_occluded():
                      torch.randn(4, 5, 4, 4)).eval()
     x = torch.randn(2, 5, 4, 4)
     with torch.no_grad():
-        head.visibility_head.bias.fill_(-60.0)  # everything occluded: only self edges remain
+        head.visibility_head.node_bias.fill_(-60.0)  # everything occluded: only self edges remain
         torch.testing.assert_close(head.dense_edge_weights(x), torch.eye(N).expand(2, -1, -1))
-        head.visibility_head.weight.zero_()
-        head.visibility_head.bias.fill_(60.0)  # everything visible: the ungated weights
+        head.visibility_head.output.weight.zero_()
+        head.visibility_head.node_bias.fill_(60.0)  # everything visible: the ungated weights
     ungated = small_head(embedding="attention", visibility=True)
     ungated.load_state_dict(head.state_dict())
     torch.testing.assert_close(head.dense_edge_weights(x), ungated.eval().dense_edge_weights(x))
