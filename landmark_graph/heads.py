@@ -231,7 +231,9 @@ class LGRLHead(nn.Module):
         self.output_conv = GraphConv(
             hidden_features, 2, self.table, learn_edge_weights=learn, norm_act=False
         )
-        self.visibility_head = NodeReadout(num_landmarks, node_features, 1, table=self.table) if visibility else None
+        self.visibility_head = (
+            NodeReadout(num_landmarks, node_features, 1, table=self.table) if visibility else None
+        )
         self.scale_head = NodeReadout(num_landmarks, hidden_features, 2) if uncertainty else None
         self.position_bias = (
             nn.Parameter(torch.zeros(num_landmarks, 2)) if embedding == "attention" else None

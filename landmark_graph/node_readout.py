@@ -55,5 +55,6 @@ class NodeReadout(nn.Module):
         if self.table is not None:
             own, neighbours = h.split(self.hidden, dim=-1)
             valid = self.table.valid.to(h.dtype)
-            h = own + neighbor_aggregate(neighbours.contiguous(), valid / valid.sum(1, keepdim=True), self.table)
+            mean = valid / valid.sum(1, keepdim=True)
+            h = own + neighbor_aggregate(neighbours.contiguous(), mean, self.table)
         return self.output(torch.relu(h)) + self.node_bias.to(h.dtype)
