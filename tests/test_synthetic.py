@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from landmark_graph.data.raster import fill_polygons, stroke_polylines
 from landmark_graph.data.synthetic import (
     SyntheticConfig,
     SyntheticFaces,
-    _fill_polygons,
-    _strokes,
     draw_face,
     sample_appearance,
     sample_geometry,
@@ -188,18 +187,18 @@ def test_an_open_part_is_drawn_as_a_line(index):
 
 def test_polygon_fill_area_and_antialiasing():
     square = np.array([[10.25, 10.0], [30.25, 10.0], [30.25, 30.0], [10.25, 30.0]])
-    cover = _fill_polygons([square, square + 5], np.zeros((2, 2)), (48, 48))
+    cover = fill_polygons([square, square + 5], np.zeros((2, 2)), (48, 48))
     assert cover.shape == (2, 48, 48)
     assert cover[0].sum() == pytest.approx(20 * 20, abs=0.5)  # 20 rows of 20 px
     assert cover[0, 20, 10] == pytest.approx(0.25)  # a quarter of pixel 10 lies right of x = 10.25
     assert cover[0, 5].sum() == 0.0
-    shifted = _fill_polygons([square], np.array([[5.0, 5.0]]), (48, 48))[0]
+    shifted = fill_polygons([square], np.array([[5.0, 5.0]]), (48, 48))[0]
     np.testing.assert_allclose(shifted[:38, :38], cover[1, 10:, 10:][:38, :38])
 
 
 def test_stroke_width():
     line = np.array([[5.0, 20.0], [35.0, 20.0]])
-    cover = _strokes([(line, 2.0, False)], np.zeros((1, 2), np.float32), (40, 40))[0]
+    cover = stroke_polylines([(line, 2.0, False)], np.zeros((1, 2), np.float32), (40, 40))[0]
     column = cover[:, 20]
     np.testing.assert_allclose(column[18:23], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
     assert cover[:, :2].sum() == 0.0 and cover[30:].sum() == 0.0
@@ -217,7 +216,7 @@ def test_strokes_keep_the_best_splat_of_every_sample():
     lines.append((np.array([[200.0, 150.0], [260.0, 170.0]], np.float32), 3.0, False))
     origins = rng.integers(-5, 10, (len(lines), 2)).astype(np.float32)
     origins[8:20] = 0.0  # the dots sit in their windows
-    cover = _strokes(lines, origins, (24, 30))
+    cover = stroke_polylines(lines, origins, (24, 30))
     assert cover.shape == (len(lines), 24, 30) and cover[-1].max() == 0.0
     ys, xs = np.mgrid[:24, :30]
     for (points, width, closed), origin, got in zip(lines, origins, cover, strict=True):
