@@ -105,6 +105,14 @@ def test_edge_softmax_matches_masked_softmax_with_gradients(batch):
     assert torch.autograd.gradgradcheck(lambda a: edge_softmax(a, valid), small)
 
 
+@pytest.mark.parametrize("batch", [1, 40])
+def test_edge_softmax_without_a_mask_is_the_softmax_over_the_slots(batch):
+    logits = torch.randn(batch, N, 4, generator=torch.Generator().manual_seed(0))
+    full = torch.ones(N, 4, dtype=torch.bool)
+    torch.testing.assert_close(edge_softmax(logits, None), logits.softmax(-1))
+    torch.testing.assert_close(edge_softmax(logits, None), edge_softmax(logits, full))
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static", "binary"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_head_shapes_any_map_size(mode, device):

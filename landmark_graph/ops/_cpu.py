@@ -47,6 +47,7 @@ class Layout:
         self.index, self.on_cpu = index, index.is_cpu
         self.n, self.k = index.shape
         self._batch: tuple[int, tuple[Tensor, ...]] = (0, ())
+        self._sliced: tuple[int, tuple[Tensor, ...]] = (0, ())
         self._bases: dict[torch.dtype, Tensor] = {}
 
     @cached_property
@@ -99,7 +100,11 @@ class Layout:
         """For ``b`` images: ``(crow, cols)``, the graph repeated on the diagonal of a ``(bN, bN)``
         CSR pattern; ``(gather, values_at)``, where each entry of a ``(b, K, N)`` copy of the logits
         lies in them with one ``-inf`` prepended (padding reads it), and where the CSR values lie in
-        that copy. Built for the largest batch yet, doubling: a smaller batch's are a prefix."""
+        that copy. Built for the largest batch yet, doubling: a smaller batch's are a prefix,
+        kept for the last ``b`` (slicing four tensors per call costs as much as a B = 1 product)."""
+        last, sliced = self._sliced
+        if last == b:
+            return sliced
         capacity, parts = self._batch
         if b > capacity:
             capacity = max(b, 2 * capacity)
@@ -113,7 +118,9 @@ class Layout:
             self._batch = (capacity, parts)  # one assignment: threads may share the layout
         e = self.used.numel()
         crow, cols, gather, values_at = parts
-        return crow[: b * self.n + 1], cols[: b * e], gather[: b * self.k * self.n], values_at[: b * e]
+        sliced = crow[: b * self.n + 1], cols[: b * e], gather[: b * self.k * self.n], values_at[: b * e]
+        self._sliced = (b, sliced)
+        return sliced
 
 
 def layout(table: Any) -> Layout:
@@ -185,7 +192,7 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
         padded = F.pad(logits.reshape(-1), (1, 0), value=-torch.inf)
         weights = padded.index_select(0, gather).view(b, lay.k, n).softmax(dim=1)
         return _bags(x, weights.view(-1).index_select(0, values_at), lay)
-    return aggregate(x, edge_softmax(logits, lay.valid), lay)
+    return aggregate(x, edge_softmax(logits, lay.valid if lay.padded else None), lay, form)
 
 
 def edge_dot(a: Tensor, x: Tensor, lay: Layout) -> Tensor:

@@ -12,7 +12,7 @@ __all__ = ["edge_softmax"]
 SMALL_SOFTMAX = 1024
 
 
-def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
+def edge_softmax(logits: Tensor, valid: Tensor | None) -> Tensor:
     r"""Softmax over each receiver's neighbours; padded slots get weight 0.
 
     .. math::
@@ -24,7 +24,7 @@ def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
     Args:
         logits: ``Tensor[..., N, K]``.
         valid: ``BoolTensor[N, K]``, which slots hold a neighbour (every row needs one, else
-            its weights are NaN).
+            its weights are NaN); ``None`` where every slot does.
 
     Returns:
         ``Tensor[..., N, K]`` whose rows sum to 1 (not contiguous above the size threshold).
@@ -34,7 +34,7 @@ def edge_softmax(logits: Tensor, valid: Tensor) -> Tensor:
         >>> edge_softmax(torch.tensor([[0.0, 0.0, 9.0]]), torch.tensor([[True, True, False]]))
         tensor([[0.5000, 0.5000, 0.0000]])
     """
-    masked = torch.where(valid, logits, float("-inf"))
+    masked = logits if valid is None else torch.where(valid, logits, float("-inf"))
     # Tracers take one form for every size: a size test would guard a dynamic batch.
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     if tracing or logits.numel() <= SMALL_SOFTMAX:
