@@ -6,7 +6,7 @@
 Trains both heads on the same synthetic COFW-29 faces (a small CNN with a 128x8x8 map at 64 px,
 the profile of ``benchmarks/ablation.py --study occlusion_head``): the
 paper's ``LGRLHead`` and ``LGRLHead(embedding="attention", visibility=True, gate_edges=True,
-uncertainty=True)`` with its visibility and Laplace terms weighted 10 and occlusion-consistency
+uncertainty=True)`` with its losses at their default weights and occlusion-consistency
 training (the best variant of the study in docs/results.md). Then draws, for one test face with
 occluders: each head's edge weights as lines from sender to receiver (the occlusion-aware
 head's gated by the senders' predicted visibility), the attention maps of a few landmarks, and
@@ -39,7 +39,7 @@ paper = TrainConfig(scheme="cofw29", image_size=64, train_size=args.train_size, 
                     head_channels=128, batch_size=32, lr=2e-3, epochs=1, steps_per_epoch=args.steps,
                     progress=False)
 aware = dataclasses.replace(paper, embedding="attention", visibility=True, gate_edges=True, uncertainty=True,
-                            visibility_weight=10.0, uncertainty_weight=10.0, consistency_weight=1.0)
+                            consistency_weight=1.0)
 train_set = CachedDataset(SyntheticFaces("cofw29", args.train_size, 64, seed=0, occlusion=0.5))
 test_sets = {"occluded": CachedDataset(SyntheticFaces("cofw29", 50, 64, seed=2, occlusion=1.0))}
 models = {}

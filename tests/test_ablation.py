@@ -203,7 +203,7 @@ def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
         assert set(overrides[i]) == set(parts[:i])
     assert overrides[5] == {"consistency_weight": ablation.CONSISTENCY_WEIGHT}
     assert overrides[6] == {**overrides[4], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
-    assert overrides[7] == {**overrides[4], "visibility_weight": 10.0, "uncertainty_weight": 10.0}
+    assert overrides[7] == {**overrides[4], "visibility_weight": 1.0, "uncertainty_weight": 1.0}
     assert overrides[8] == {**overrides[7], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
     names = {v.name for v in study.variants}
     assert all(ref in names and cand in names for ref, cand in study.pairs)
@@ -229,7 +229,7 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     assert {(p["reference"], p["candidate"]) for p in section["pairs"]} == {
         *(("paper head", n) for n in by_name if n != "paper head"),
         ("paper head + consistency", "full head + consistency"),
-        ("+ uncertainty (full head)", "full head, weights 10")}
+        ("full head, weights 1", "+ uncertainty (full head)")}
     for p in section["pairs"]:
         assert p["seeds"] == seeds and p["clean_nme"]["n"] == len(seeds)
 

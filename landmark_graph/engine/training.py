@@ -101,11 +101,13 @@ class TrainConfig:
     losses, each added to the landmark loss times its weight: ``attention_weight`` (the attention
     heatmap cross-entropy on the visible landmarks, attention embedding only),
     ``visibility_weight`` (BCE of the visibility logits on the data's ``visible`` flags),
-    ``uncertainty_weight`` (Laplace NLL). ``consistency_weight`` > 0: every batch also goes
-    through with synthetic occluders pasted on (:func:`~landmark_graph.data.synthetic.paste_occluders`),
-    the landmark loss on both copies plus this weight times Soft Wing between the pasted copy's
-    visible landmarks and the clean copy's (detached) predictions, per point as strong as the
-    landmark loss at weight 1 (:func:`batch_loss`).
+    ``uncertainty_weight`` (Laplace NLL; both 10 by default, measured better than 1 on every
+    output and needed for consistency training to train: docs/results.md).
+    ``consistency_weight`` > 0: every batch also goes through with synthetic occluders pasted on
+    (:func:`~landmark_graph.data.synthetic.paste_occluders`), the landmark loss on both copies
+    plus this weight times Soft Wing between the pasted copy's visible landmarks and the clean
+    copy's (detached) predictions, per point as strong as the landmark loss at weight 1
+    (:func:`batch_loss`).
     """
 
     dataset: str = "synthetic"
@@ -136,8 +138,8 @@ class TrainConfig:
     loss: str = "softwing"
     relative_weight: float = 1.0
     attention_weight: float = 10.0
-    visibility_weight: float = 1.0
-    uncertainty_weight: float = 1.0
+    visibility_weight: float = 10.0
+    uncertainty_weight: float = 10.0
     consistency_weight: float = 0.0
     optimizer: str = "adam"
     lr: float = 1e-3
