@@ -165,18 +165,16 @@ def _dense(x: Tensor, weight: Tensor, lay: Layout) -> Tensor:
 def aggregate(x: Tensor, weight: Tensor, lay: Layout, form: str = "") -> Tensor:
     """``y = A x``, differentiable; ``weight`` ``(B, N, K)`` or ``(N, K)`` in ``x``'s dtype;
     ``form``: the :func:`formulation`, where the caller knows it."""
-    backward = needs_backward(x, weight)
-    if (form or formulation(*x.shape, x.is_cpu, backward)) == "dense":
+    if (form or formulation(*x.shape, x.is_cpu, needs_backward(x, weight))) == "dense":
         return _dense(x, weight, lay)
-    if backward:
+    if needs_backward(x, weight):
         return _Function.apply("aggregate", x, weight, lay)
     return _bags(x, _values(weight, lay, x.shape[0]), lay)
 
 
 def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") -> Tensor:
     """``aggregate(x, edge_softmax(logits, valid), lay)``, fused where that pays."""
-    backward = needs_backward(x, logits)
-    form = form or formulation(*x.shape, x.is_cpu, backward)
+    form = form or formulation(*x.shape, x.is_cpu, needs_backward(x, logits))
     scores = lay.scores if form == "dense" else None
     if scores is not None:
         base, target = lay.base(x.dtype), scores[1]
@@ -184,7 +182,8 @@ def softmax_aggregate(x: Tensor, logits: Tensor, lay: Layout, form: str = "") ->
             return torch.matmul(base[0].scatter_add(1, target[0], logits).softmax(-1), x)
         b = x.shape[0]
         return torch.bmm(_images(base, b).scatter_add(2, _images(target, b), logits).softmax(-1), x)
-    if form == "sparse" and logits.dim() == 3 and not backward and logits.numel() > SMALL_SOFTMAX:
+    if (form == "sparse" and logits.dim() == 3 and logits.numel() > SMALL_SOFTMAX
+            and not needs_backward(x, logits)):
         # PyTorch's CPU softmax over a last dimension of 4-8 runs row by row: take it over K in a
         # (B, K, N) copy, which also drops the padding, then pick the CSR values out of it.
         b, n, _ = x.shape
