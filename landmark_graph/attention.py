@@ -219,7 +219,7 @@ class NodeEdgeWeights(nn.Module):
         query, key = self.query(nodes), self.key(nodes)  # (B, N, d)
         senders = key[:, self.table.index.clamp(min=0)]  # (B, N, K, d)
         logits = (query.unsqueeze(2) * senders).sum(dim=-1) / math.sqrt(self.key_features)
-        return edge_softmax(logits + self.edge_bias.to(logits.dtype), self.table.valid)
+        return edge_softmax(logits + self.edge_bias.to(logits.dtype), self.table.softmax_mask)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, key_features={self.key_features}"

@@ -90,7 +90,7 @@ class DynamicAdjacency(nn.Module):
         check_param_dtype("context", context, self)
         n, k = self.table.num_nodes, self.table.max_degree
         logits = self.logits(torch.relu(self.hidden(context))).view(context.shape[0], n, k)
-        return edge_softmax(logits, self.table.valid)
+        return edge_softmax(logits, self.table.softmax_mask)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, hidden_features={self.hidden_features}"

@@ -105,7 +105,7 @@ class GraphConv(nn.Module):
 
     def own_edge_weights(self) -> Tensor:
         """``Tensor[N, K]``: the learned (static) or uniform (binary) weights of this layer."""
-        return edge_softmax(self.own_edge_logits(), self.table.valid)
+        return edge_softmax(self.own_edge_logits(), self.table.softmax_mask)
 
     def forward(
         self, x: Tensor, edge_weights: Tensor | None = None, sender_gate: Tensor | None = None

@@ -94,6 +94,7 @@ class NeighborTable(nn.Module):
         index: ``LongTensor[N, K]``, row ``i`` lists the senders of node ``i`` in ascending
             order, ``-1`` pads rows of lower degree.
         valid: ``BoolTensor[N, K]``, which slots of ``index`` hold a neighbour.
+        padded: whether any slot is padding (``False`` where every row has degree ``K``).
         reverse_index, reverse_slot, forward_slot: the reverse table (:func:`reverse_table`).
 
     Example:
@@ -115,17 +116,25 @@ class NeighborTable(nn.Module):
         self.register_buffer("adjacency", mask)
         for name, value in _derived(mask).items():
             self.register_buffer(name, value, persistent=False)
+        self.padded = not bool(self.valid.all())  # a Python bool: asking the tensor would sync a GPU
         # What the CPU formulations derive from the buffers (ops/_cpu.py); rebuilt when they change.
         self._layout: Any = None
 
     def _rebuild(self) -> None:
         for name, value in _derived(self.adjacency).items():
             setattr(self, name, value)
+        self.padded = not bool(self.valid.all())
 
     @property
     def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(index, reverse_index, reverse_slot, forward_slot)``, the arguments of the op."""
         return self.index, self.reverse_index, self.reverse_slot, self.forward_slot
+
+    @property
+    def softmax_mask(self) -> Tensor | None:
+        """The ``valid`` argument of :func:`~landmark_graph.ops.edge_softmax`: :attr:`valid`, or
+        ``None`` where no slot is padding (the mask would change nothing)."""
+        return self.valid if self.padded else None
 
     @property
     def num_nodes(self) -> int:
