@@ -163,7 +163,8 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             OCCLUSION_HEAD_VARIANTS,
             (*(("paper head", v.name) for v in OCCLUSION_HEAD_VARIANTS[1:]),
              ("paper head + consistency", "full head + consistency"),
-             ("full head, weights 1", "+ uncertainty (full head)")),
+             ("full head, weights 1", "+ uncertainty (full head)"),
+             ("full head + consistency", "full head + consistency, visibility 30")),
         ),
         "k": Study(
             "Neighbours per node k",
@@ -176,7 +177,8 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
 
 
 # The occlusion-aware options added one at a time, then consistency training for both ends, then
-# the full head with its visibility BCE and Laplace NLL at weight 1 instead of TrainConfig's 10.
+# the full head with its visibility BCE and Laplace NLL at weight 1 instead of TrainConfig's 10, and the
+# full head + consistency with the visibility BCE at 30.
 _FULL_HEAD = dict(embedding="attention", visibility=True, gate_edges=True, uncertainty=True)
 CONSISTENCY_WEIGHT = 1.0  # per point as strong as the landmark loss
 _WEIGHTS_1 = dict(visibility_weight=1.0, uncertainty_weight=1.0)
@@ -191,6 +193,8 @@ OCCLUSION_HEAD_VARIANTS = (
     Variant.of("full head, weights 1", **_FULL_HEAD, **_WEIGHTS_1),
     Variant.of("full head, weights 1 + consistency", **_FULL_HEAD, **_WEIGHTS_1,
                consistency_weight=CONSISTENCY_WEIGHT),
+    Variant.of("full head + consistency, visibility 30", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
+               visibility_weight=30.0),
 )
 STUDIES = ("head_loss", "relative", "edge_weights", "k", "occlusion_head")
 
@@ -337,10 +341,13 @@ def run_variant(config: TrainConfig, data: tuple[Any, dict[str, Any], Any]) -> d
 def run_pending(configs: Mapping[str, TrainConfig], keys: Sequence[str], data: Any, jobs: int = 1,
                 threads: int = 1) -> Iterable[tuple[str, dict[str, Any]]]:
     """``(key, record)`` of each run as it finishes; ``jobs > 1``: that many forked processes of
-    ``threads`` torch threads each, sharing ``data`` (rendered once), the longest runs first."""
-    if jobs <= 1 or len(keys) <= 1:
+    ``threads`` torch threads each, sharing ``data`` (rendered once), the longest runs first; also
+    for a single run, whose numbers would otherwise depend on how many runs were pending."""
+    if jobs <= 1:
         for key in keys:
             yield key, run_variant(configs[key], data)
+        return
+    if not keys:
         return
     global _JOB
     _JOB = (configs, data)

@@ -194,6 +194,22 @@ def test_wflw_data_runs_the_same_study(ablation, tmp_path):
     assert "test/occlusion NME" in (out / "results.md").read_text()
 
 
+def test_parallel_runs_use_the_thread_count_given_even_when_one_is_pending(ablation, monkeypatch):
+    """With ``--jobs 2`` a run trains on ``threads`` threads however many runs of its seed are
+    pending: a lone pending run trained in the parent, on its thread count, gave other numbers."""
+    monkeypatch.setattr(ablation, "run_variant", lambda config, data: {"threads": torch.get_num_threads()})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for keys in (["a"], ["a", "b"]):
+            configs = {key: ablation.TrainConfig() for key in keys}
+            records = dict(ablation.run_pending(configs, keys, None, jobs=2, threads=1))
+            assert records == {key: {"threads": 1} for key in keys}, keys
+        assert dict(ablation.run_pending({}, [], None, jobs=2, threads=1)) == {}
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
     study = ablation.build_studies(98, ablation.FULL_K)["occlusion_head"]
     overrides = [dict(v.overrides) for v in study.variants]
@@ -205,6 +221,7 @@ def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
     assert overrides[6] == {**overrides[4], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
     assert overrides[7] == {**overrides[4], "visibility_weight": 1.0, "uncertainty_weight": 1.0}
     assert overrides[8] == {**overrides[7], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
+    assert overrides[9] == {**overrides[6], "visibility_weight": 30.0}
     names = {v.name for v in study.variants}
     assert all(ref in names and cand in names for ref, cand in study.pairs)
     args = ablation.build_parser().parse_args(["--study", "occlusion_head"])
@@ -216,7 +233,7 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     section = results["occlusion_head"]
     assert section["set"] == occlusion_set
     by_name = {v["name"]: v for v in section["variants"]}
-    assert len(by_name) == 9 and all(v["seeds"] == seeds for v in by_name.values())
+    assert len(by_name) == 10 and all(v["seeds"] == seeds for v in by_name.values())
     for name, v in by_name.items():
         m = v["metrics"]
         for key in ("clean_nme", "all_nme", "visible 0%-10%"):
@@ -229,7 +246,8 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     assert {(p["reference"], p["candidate"]) for p in section["pairs"]} == {
         *(("paper head", n) for n in by_name if n != "paper head"),
         ("paper head + consistency", "full head + consistency"),
-        ("full head, weights 1", "+ uncertainty (full head)")}
+        ("full head, weights 1", "+ uncertainty (full head)"),
+        ("full head + consistency", "full head + consistency, visibility 30")}
     for p in section["pairs"]:
         assert p["seeds"] == seeds and p["clean_nme"]["n"] == len(seeds)
 
