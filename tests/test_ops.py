@@ -373,7 +373,6 @@ def test_neighbor_table_reverse_buffers_follow_the_mask():
     assert all(t.device.type == "meta" for t in moved.tables)
 
 
-
 def test_softmax_mask_is_none_exactly_while_no_slot_is_padding():
     regular = NeighborTable(lg.index_order_adjacency(10, 3))  # every row: itself and 3 others
     assert not regular.padded and regular.softmax_mask is None
@@ -385,6 +384,7 @@ def test_softmax_mask_is_none_exactly_while_no_slot_is_padding():
     assert regular.padded
     regular.set_adjacency(lg.index_order_adjacency(10, 3))
     assert not regular.padded and regular.softmax_mask is None
+
 
 def test_graph_layers_unchanged_against_a_dense_aggregation(monkeypatch):
     import landmark_graph.graph_conv as graph_conv

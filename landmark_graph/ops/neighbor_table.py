@@ -114,16 +114,14 @@ class NeighborTable(nn.Module):
         super().__init__()
         mask = check_adjacency(adjacency)
         self.register_buffer("adjacency", mask)
-        for name, value in _derived(mask).items():
-            self.register_buffer(name, value, persistent=False)
-        self.padded = not bool(self.valid.all())  # a Python bool: asking the tensor would sync a GPU
+        self._rebuild()
         # What the CPU formulations derive from the buffers (ops/_cpu.py); rebuilt when they change.
         self._layout: Any = None
 
     def _rebuild(self) -> None:
         for name, value in _derived(self.adjacency).items():
-            setattr(self, name, value)
-        self.padded = not bool(self.valid.all())
+            self.register_buffer(name, value, persistent=False)
+        self.padded = not bool(self.valid.all())  # a Python bool: asking the tensor would sync a GPU
 
     @property
     def tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
