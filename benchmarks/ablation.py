@@ -35,6 +35,8 @@ Usage::
     python benchmarks/ablation.py --profile cpu --out ablation --report-only  # tables from saved runs
     python benchmarks/ablation.py --study occlusion_head --seeds 0 1 2 3 4 --jobs 2 --out occlusion_head
     python benchmarks/ablation.py --study occlusion_head --data cofw:/data/COFW --jobs 2 --out cofw_head
+    python benchmarks/ablation.py --study occlusion_head --variants "paper head" "full head + consistency" \
+        "full head + consistency, window 3" --seeds 0 1 2 3 4 --jobs 2 --out window  # three variants
 
 Writes ``OUT/results.json`` (every run, every summary, the configuration and the machine),
 ``OUT/results.md`` (the tables, with the paper's numbers beside ours) and, when matplotlib is
@@ -164,7 +166,8 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
             (*(("paper head", v.name) for v in OCCLUSION_HEAD_VARIANTS[1:]),
              ("paper head + consistency", "full head + consistency"),
              ("full head, weights 1", "+ uncertainty (full head)"),
-             ("full head + consistency", "full head + consistency, visibility 30")),
+             ("full head + consistency", "full head + consistency, visibility 30"),
+             ("full head + consistency", "full head + consistency, window 3")),
         ),
         "k": Study(
             "Neighbours per node k",
@@ -178,7 +181,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
 
 # The occlusion-aware options added one at a time, then consistency training for both ends, then
 # the full head with its visibility BCE and Laplace NLL at weight 1 instead of TrainConfig's 10, and the
-# full head + consistency with the visibility BCE at 30.
+# full head + consistency with the visibility BCE at 30 or with a 3x3 attention window.
 _FULL_HEAD = dict(embedding="attention", visibility=True, gate_edges=True, uncertainty=True)
 CONSISTENCY_WEIGHT = 1.0  # per point as strong as the landmark loss
 _WEIGHTS_1 = dict(visibility_weight=1.0, uncertainty_weight=1.0)
@@ -195,6 +198,8 @@ OCCLUSION_HEAD_VARIANTS = (
                consistency_weight=CONSISTENCY_WEIGHT),
     Variant.of("full head + consistency, visibility 30", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
                visibility_weight=30.0),
+    Variant.of("full head + consistency, window 3", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
+               attention_window=3),
 )
 STUDIES = ("head_loss", "relative", "edge_weights", "k", "occlusion_head")
 
@@ -770,8 +775,6 @@ def collect(args: argparse.Namespace, studies: Mapping[str, Study], runs: Mappin
 
 def _pair(runs: Mapping[str, Mapping[int, Any]], study: Study, reference: str, candidate: str):
     by_name = {v.name: v for v in study.variants}
-    if reference not in by_name or candidate not in by_name:  # thinned out (--quick)
-        return None
     return paired(runs, by_name[reference], by_name[candidate])
 
 
@@ -792,9 +795,21 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     num_points = get_scheme(probe.scheme_name).num_points
     studies = build_studies(num_points, args.k or (QUICK_K if args.quick else FULL_K))
     skip = QUICK_SKIP if args.quick else set()
-    studies = {name: dataclasses.replace(s, variants=tuple(v for v in s.variants
-                                                           if not skip & set(v.overrides)))
-               for name, s in studies.items() if name in args.studies}
+    studies = {name: s for name, s in studies.items() if name in args.studies}
+    names = {v.name for s in studies.values() for v in s.variants}
+    if set(args.variants or ()) - names:
+        raise SystemExit(f"--variants: no variant {sorted(set(args.variants) - names)} in "
+                         f"{args.studies}; they have {sorted(names)}")
+
+    def thinned(study: Study) -> Study:
+        """``study`` without the variants ``--quick`` skips or ``--variants`` leaves out, and their pairs."""
+        kept = tuple(v for v in study.variants if not skip & set(v.overrides)
+                     and (not args.variants or v.name in args.variants))
+        names = {v.name for v in kept}
+        pairs = tuple(p for p in study.pairs if set(p) <= names)
+        return dataclasses.replace(study, variants=kept, pairs=pairs)
+
+    studies = {name: thinned(s) for name, s in studies.items()}
     variants = unique_variants(studies)
     costs = {"source": "benchmarks/bench_head.py counters (torch.utils.flop_counter.FlopCounterMode: "
                        "matmul and conv FLOPs, 2 per multiply-add)",
@@ -861,6 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0 1)")
     parser.add_argument("--studies", "--study", nargs="+", default=list(STUDIES[:-1]), choices=STUDIES,
                         help="default: all but occlusion_head")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help="train and report only these variants of the studies (default: all)")
     parser.add_argument("--k", type=_k_arg, nargs="+", default=None,
                         help="k grid (default: 1 3 6 20 N-1; quick: 1 3 N-1)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")

@@ -176,3 +176,10 @@ def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
     if empty:
         raise ValueError(f"{name} has empty rows {empty[:10]}: every node needs at least one edge")
     return mask | torch.eye(mask.shape[0], dtype=torch.bool)
+
+
+def check_window(name: str, value: object) -> None:
+    """Raise unless ``value`` is an odd positive int, the side of an attention window."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name} must be None or an odd positive int (the side of the square of "
+                         f"cells kept around the attention's peak), got {value!r}")

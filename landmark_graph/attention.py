@@ -21,6 +21,7 @@ from ._checks import (
     check_ndim,
     check_param_dtype,
     check_shape,
+    check_window,
     materialized,
 )
 from .ops import NeighborTable, edge_softmax
@@ -88,10 +89,18 @@ class AttentionToNode(nn.Module):
     when it is trained to be (:func:`~landmark_graph.functional.attention_heatmap_loss` on the
     logits :math:`a`); trained through the landmarks alone it spreads over the map.
 
+    With ``window=w`` the softmax runs over the :math:`w \times w` cells around each landmark's
+    peak :math:`\arg\max_p a_{ip}` only (cut at the map's edges), so that what attention mass
+    even a trained attention leaves far from its peak no longer carries an occluder's features
+    into the node; the logits returned are still the full :math:`a`, for the heatmap loss. The
+    peak's choice has no gradient; the softmax inside the window has.
+
     Args:
         num_landmarks: ``N``.
         in_channels: ``C`` of the backbone map; ``None`` infers it at the first call.
         hidden_channels: ``D``, the width of the value path :math:`\psi`.
+        window: ``None`` (the whole map) or an odd side ``w`` of the square of cells the
+            attention keeps around its peak.
 
     Shape:
         - Input: ``Tensor[B, C, H, W]``.
@@ -110,16 +119,24 @@ class AttentionToNode(nn.Module):
     """
 
     def __init__(
-        self, num_landmarks: int, in_channels: int | None = None, hidden_channels: int = 128
+        self,
+        num_landmarks: int,
+        in_channels: int | None = None,
+        hidden_channels: int = 128,
+        *,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         _positive_int("num_landmarks", num_landmarks)
         _positive_int("hidden_channels", hidden_channels)
         if in_channels is not None:
             _positive_int("in_channels", in_channels)
+        if window is not None:
+            check_window("window", window)
         self.num_landmarks = num_landmarks
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
+        self.window = window
         self.value = nn.Sequential(*_separable_block(in_channels, hidden_channels),
                                    *_separable_block(hidden_channels, hidden_channels))
         self.attend = nn.Conv2d(hidden_channels, num_landmarks, 1)
@@ -143,9 +160,21 @@ class AttentionToNode(nn.Module):
             -self.prior_log_scale.unsqueeze(1).to(logits.dtype))  # (N, HW, 2)
         return values, logits - 0.5 * z.square().sum(-1), grid
 
+    def _attention(self, logits: Tensor, height: int, width: int) -> Tensor:
+        """Softmax of ``logits`` ``Tensor[B, N, H * W]`` over the whole map or the window."""
+        if self.window is None:
+            return logits.softmax(dim=-1)
+        radius = self.window // 2
+        peak = logits.argmax(dim=-1, keepdim=True)  # (B, N, 1)
+        cell = torch.arange(height * width, device=logits.device)
+        near = ((torch.div(cell, width, rounding_mode="floor")
+                 - torch.div(peak, width, rounding_mode="floor")).abs() <= radius) & (
+            (cell % width - peak % width).abs() <= radius)
+        return logits.masked_fill(~near, -math.inf).softmax(dim=-1)
+
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         values, logits, grid = self._values_and_logits(features)
-        attention = logits.softmax(dim=-1)
+        attention = self._attention(logits, *values.shape[-2:])
         pooled = torch.bmm(attention.to(values.dtype), values.flatten(2).transpose(1, 2))
         position = attention @ grid  # (B, N, 2)
         offset = grid - position.unsqueeze(2)  # (B, N, HW, 2)
@@ -158,11 +187,13 @@ class AttentionToNode(nn.Module):
     def attention_maps(self, features: Tensor) -> Tensor:
         """``Tensor[B, N, H, W]``: each landmark's attention :math:`A_i`, summing to 1 over the map."""
         values, logits, _ = self._values_and_logits(features)
-        return logits.softmax(dim=-1).view(*logits.shape[:2], *values.shape[-2:])
+        attention = self._attention(logits, *values.shape[-2:])
+        return attention.view(*logits.shape[:2], *values.shape[-2:])
 
     def extra_repr(self) -> str:
+        window = "" if self.window is None else f", window={self.window}"
         return (f"num_landmarks={self.num_landmarks}, in_channels={self.in_channels}, "
-                f"hidden_channels={self.hidden_channels}")
+                f"hidden_channels={self.hidden_channels}{window}")
 
 
 class NodeEdgeWeights(nn.Module):

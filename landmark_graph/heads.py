@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_feature_map, check_param_dtype, materialized
+from ._checks import check_feature_map, check_param_dtype, check_window, materialized
 from .adjacency import build_correlation_adjacency, check_adjacency, index_order_adjacency
 from .attention import POSITION_FEATURES, AttentionToNode, NodeEdgeWeights
 from .edge_weights import EDGE_WEIGHT_MODES, DynamicAdjacency
@@ -106,6 +106,8 @@ class LGRLHead(nn.Module):
       :func:`~landmark_graph.functional.attention_heatmap_loss` on
       ``HeadOutput.attention_logits`` beside the landmark loss: without it the attention
       spreads over the map and is no more local than the paper's embedding.
+      ``attention_window=w`` keeps each attention to the ``w x w`` cells around its peak
+      (``AttentionToNode(window=w)``).
     - ``visibility=True``: per-landmark visibility logits :math:`v`, read by a
       :class:`~landmark_graph.node_readout.NodeReadout` from the node embedding :math:`H_0` before
       the graph, each node's own row and its neighbourhood's mean (train them with
@@ -137,6 +139,8 @@ class LGRLHead(nn.Module):
         hidden_channels: width of the embedding: map-to-node's first 3x3 convolution (default
             256), or the attention's value path ``D`` (default 128).
         embedding: ``"map_to_node"`` (the paper) or ``"attention"``.
+        attention_window: ``None`` (the whole map) or the odd side of the square of cells each
+            attention keeps around its peak (``embedding="attention"`` only).
         visibility: predict visibility logits.
         uncertainty: predict a Laplace log-scale per coordinate.
         gate_edges: gate the edge weights by the senders' predicted visibility.
@@ -174,6 +178,7 @@ class LGRLHead(nn.Module):
         edge_weights: str = "dynamic",
         hidden_channels: int | None = None,
         embedding: str = "map_to_node",
+        attention_window: int | None = None,
         visibility: bool = False,
         uncertainty: bool = False,
         gate_edges: bool = False,
@@ -187,6 +192,10 @@ class LGRLHead(nn.Module):
             raise ValueError(f"num_blocks must be an int >= 0, got {num_blocks!r}")
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        if attention_window is not None:
+            if embedding != "attention":
+                raise ValueError(f"attention_window needs embedding='attention', got embedding={embedding!r}")
+            check_window("attention_window", attention_window)
         flags = {"visibility": visibility, "uncertainty": uncertainty, "gate_edges": gate_edges}
         for name, flag in flags.items():
             if not isinstance(flag, bool):
@@ -218,7 +227,7 @@ class LGRLHead(nn.Module):
                 self.dynamic = DynamicAdjacency(self.table, num_landmarks * expansion, hidden_features)
         else:
             width = 128 if hidden_channels is None else hidden_channels
-            self.attention = AttentionToNode(num_landmarks, in_channels, width)
+            self.attention = AttentionToNode(num_landmarks, in_channels, width, window=attention_window)
             node_features = self.attention.out_features
             if edge_weights == "dynamic":
                 self.dynamic = NodeEdgeWeights(self.table, node_features)

@@ -222,6 +222,7 @@ def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
     assert overrides[7] == {**overrides[4], "visibility_weight": 1.0, "uncertainty_weight": 1.0}
     assert overrides[8] == {**overrides[7], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
     assert overrides[9] == {**overrides[6], "visibility_weight": 30.0}
+    assert overrides[10] == {**overrides[6], "attention_window": 3}
     names = {v.name for v in study.variants}
     assert all(ref in names and cand in names for ref, cand in study.pairs)
     args = ablation.build_parser().parse_args(["--study", "occlusion_head"])
@@ -233,7 +234,7 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     section = results["occlusion_head"]
     assert section["set"] == occlusion_set
     by_name = {v["name"]: v for v in section["variants"]}
-    assert len(by_name) == 10 and all(v["seeds"] == seeds for v in by_name.values())
+    assert len(by_name) == 11 and all(v["seeds"] == seeds for v in by_name.values())
     for name, v in by_name.items():
         m = v["metrics"]
         for key in ("clean_nme", "all_nme", "visible 0%-10%"):
@@ -247,7 +248,8 @@ def _check_occlusion_head(results, seeds, occlusion_set):
         *(("paper head", n) for n in by_name if n != "paper head"),
         ("paper head + consistency", "full head + consistency"),
         ("full head, weights 1", "+ uncertainty (full head)"),
-        ("full head + consistency", "full head + consistency, visibility 30")}
+        ("full head + consistency", "full head + consistency, visibility 30"),
+        ("full head + consistency", "full head + consistency, window 3")}
     for p in section["pairs"]:
         assert p["seeds"] == seeds and p["clean_nme"]["n"] == len(seeds)
 
@@ -283,6 +285,19 @@ def test_occlusion_head_quick_study_in_two_processes(ablation, tmp_path, monkeyp
     monkeypatch.setattr(ablation, "train", no_training)
     args = ["--quick", "--study", "occlusion_head", "--seeds", "0", "1", "--out", str(out)]
     assert ablation.main(args) == 0
+    # --variants reports the chosen variants and the pairs among them only.
+    chosen = ["paper head", "full head + consistency, window 3"]
+    assert ablation.main([*args, "--variants", *chosen]) == 0
+    section = json.loads((out / "results.json").read_text())["occlusion_head"]
+    assert [v["name"] for v in section["variants"]] == chosen
+    assert [(p["reference"], p["candidate"]) for p in section["pairs"]] == [tuple(chosen)]
+
+
+def test_unknown_variants_fail_before_any_training(ablation, tmp_path):
+    message = r"--variants: no variant \['full head, window'\] in \['occlusion_head'\]"
+    with pytest.raises(SystemExit, match=message):
+        ablation.main(["--quick", "--study", "occlusion_head", "--variants", "paper head",
+                       "full head, window", "--out", str(tmp_path)])
 
 
 def _write_cofw(path: Path, split: str, count: int, seed: int) -> None:

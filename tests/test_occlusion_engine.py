@@ -194,6 +194,8 @@ def test_visibility_without_flags_is_a_clear_error():
 @pytest.mark.parametrize(("options", "message"), [
     ({"gate_edges": True}, "gate_edges needs visibility"),
     ({"embedding": "glimpse"}, "embedding must be one of"),
+    ({"attention_window": 3}, "attention_window needs embedding='attention'"),
+    ({"embedding": "attention", "attention_window": 4}, "attention_window must be None or an odd positive"),
     ({"head": "fc", "visibility": True}, "options of head='lgrl'"),
     ({"head": "fc", "embedding": "attention"}, "options of head='lgrl'"),
     ({"consistency_weight": -1.0}, "consistency_weight must be a finite number >= 0"),
@@ -233,9 +235,11 @@ def test_cli_train_evaluate_predict_with_the_full_head(tmp_path, capsys):
     flags = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--image-size", "32",
              "--train-size", "8", "--test-size", "8", "--scheme", "cofw29", "--hidden-features", "8",
              "--num-blocks", "1", "--backbone-width", "8", "--backbone-depth", "3", "--head-channels", "8",
-             "--embedding", "attention", "--visibility", "--uncertainty", "--gate-edges",
-             "--consistency-weight", "0.3", "--no-progress", "--out-dir", str(run)]
+             "--embedding", "attention", "--attention-window", "3", "--visibility", "--uncertainty",
+             "--gate-edges", "--consistency-weight", "0.3", "--no-progress", "--out-dir", str(run)]
     assert main(["train", *flags]) == 0
+    model, saved = model_from_checkpoint(run / "last.pt")
+    assert saved.attention_window == 3 and "window=3" in repr(model)
     assert main(["evaluate", str(run / "last.pt"), "--json", str(tmp_path / "m.json")]) == 0
     printed = capsys.readouterr().out
     assert "visible-only NME by occluded share: 0%-10%" in printed and "visibility AUROC" in printed

@@ -31,6 +31,8 @@ N = 7
 OPTIONS = {
     "attention": dict(embedding="attention"),
     "attention-all": dict(embedding="attention", visibility=True, gate_edges=True, uncertainty=True),
+    "attention-windowed": dict(embedding="attention", attention_window=3, visibility=True, gate_edges=True,
+                               uncertainty=True),
     "attention-static-gated": dict(embedding="attention", edge_weights="static", visibility=True,
                                    gate_edges=True),
     "map_to_node-all": dict(visibility=True, gate_edges=True, uncertainty=True),
@@ -438,6 +440,75 @@ def test_attention_output_is_an_offset_from_the_expected_position():
     torch.testing.assert_close(head(x), position)
 
 
+def _windowed_by_hand(logits: torch.Tensor, window: int) -> torch.Tensor:
+    """Reference, one map at a time: the softmax over the cells of the square around the peak."""
+    out = torch.zeros_like(logits)  # (B, N, H, W)
+    r = window // 2
+    for b in range(logits.shape[0]):
+        for i in range(logits.shape[1]):
+            a = logits[b, i]
+            row, col = divmod(int(a.argmax()), a.shape[1])
+            rows = slice(max(row - r, 0), row + r + 1)
+            cols = slice(max(col - r, 0), col + r + 1)
+            out[b, i, rows, cols] = a[rows, cols].flatten().softmax(0).view_as(a[rows, cols])
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_windowed_attention_is_the_softmax_over_the_square_around_the_peak(window):
+    torch.manual_seed(0)
+    m = perturbed(AttentionToNode(4, in_channels=3, hidden_channels=5, window=window),
+                  torch.randn(2, 3, 6, 7)).eval()
+    x = torch.randn(3, 3, 6, 7)
+    (nodes, logits), maps = m(x), m.attention_maps(x)
+    expected = _windowed_by_hand(logits, window)
+    torch.testing.assert_close(maps, expected)
+    assert ((maps > 0).flatten(2).sum(-1) <= window * window).all()
+    torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(3, 4))
+    pooled = torch.einsum("bnhw,bdhw->bnd", maps, m.value(x)) + m.node_code
+    torch.testing.assert_close(nodes[..., :5], pooled)
+    # The logits stay those of the whole map: the window only cuts the softmax.
+    whole = AttentionToNode(4, in_channels=3, hidden_channels=5)
+    whole.load_state_dict(m.state_dict())
+    torch.testing.assert_close(whole.eval()(x)[1], logits)
+
+
+def test_windowed_attention_is_cut_at_the_map_edges_and_a_wide_window_is_the_whole_map():
+    torch.manual_seed(0)
+    m = AttentionToNode(2, in_channels=3, hidden_channels=4, window=3)
+    m = perturbed(m, torch.randn(2, 3, 5, 5)).eval()
+    with torch.no_grad():
+        m.prior_centre.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))  # top-left and bottom-right corners
+        m.prior_log_scale.fill_(-1.5)
+    maps = m.attention_maps(torch.randn(1, 3, 5, 5))[0]  # (N, H, W)
+    assert maps[0].argmax() == 0 and maps[1].argmax() == 24  # peaks in the corners
+    for attention, corner in ((maps[0], maps[0, :2, :2]), (maps[1], maps[1, 3:, 3:])):
+        assert (corner > 0).all() and corner.sum() == pytest.approx(1.0) == attention.sum().item()
+    whole = AttentionToNode(2, in_channels=3, hidden_channels=4)
+    wide = AttentionToNode(2, in_channels=3, hidden_channels=4, window=9)  # 9 = 2 * 5 - 1: any peak sees all
+    for other in (whole, wide):
+        other.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 5, 5)
+    for a, b in zip(wide.eval()(x), whole.eval()(x), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_windowed_attention_gradcheck_float64():
+    torch.manual_seed(0)
+    m = perturbed(AttentionToNode(2, in_channels=2, hidden_channels=3, window=3), torch.randn(2, 2, 4, 5))
+    m = m.double().eval()
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: m(f)[0], (x,), atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [0, 2, -1, True, 3.0, "3"])
+def test_windowed_attention_bad_windows(window):
+    with pytest.raises(ValueError, match=r"window must be None or an odd positive int"):
+        AttentionToNode(3, window=window)
+    with pytest.raises(ValueError, match=r"attention_window must be None or an odd positive int"):
+        small_head(embedding="attention", attention_window=window)
+
+
 def test_node_edge_weights_start_uniform_and_read_both_ends_of_each_edge():
     table = _table()
     weights = NodeEdgeWeights(table, in_features=6)
@@ -480,6 +551,8 @@ def test_bad_options_fail_clearly():
         small_head(gate_edges=True)
     with pytest.raises(ValueError, match=r"embedding must be one of \('map_to_node', 'attention'\)"):
         small_head(embedding="local")
+    with pytest.raises(ValueError, match="attention_window needs embedding='attention'"):
+        small_head(attention_window=3)
     with pytest.raises(TypeError, match="uncertainty must be a bool"):
         small_head(uncertainty=1)
     head = small_head(embedding="attention", in_channels=5)
@@ -493,7 +566,7 @@ def test_bad_options_fail_clearly():
         small_head(embedding="attention", visibility=True, gate_edges=True))
 
 
-@pytest.mark.parametrize("name", ["attention-all", "map_to_node-all"])
+@pytest.mark.parametrize("name", ["attention-all", "attention-windowed", "map_to_node-all"])
 def test_state_dict_round_trip(name):
     torch.manual_seed(0)
     head = perturbed(small_head(**OPTIONS[name]), torch.randn(4, 5, 4, 4)).eval()
@@ -564,11 +637,12 @@ def test_torch_compile_fullgraph_of_the_new_modes():
             super().__init__()
             self.attention = small_head(**OPTIONS["attention-all"])
             self.static = small_head(**OPTIONS["attention-static-gated"])
+            self.windowed = small_head(**OPTIONS["attention-windowed"])
             self.paper = small_head(**OPTIONS["map_to_node-all"])
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             outputs = (*self.attention(x, return_details=True), *self.static(x, return_details=True),
-                       *self.paper(x, return_details=True))
+                       *self.windowed(x, return_details=True), *self.paper(x, return_details=True))
             return tuple(t for t in outputs if t is not None)
 
     model = perturbed(Both(), torch.randn(4, 5, 4, 4)).eval()

@@ -138,6 +138,7 @@ _HELP = {
     "eval_every": "evaluate every N epochs (and after the last)",
     "backbone_depth": "stride-2 blocks of the small backbone (its map is S / 2^depth)",
     "embedding": "node embedding of the lgrl head: map_to_node (the paper) or attention (local)",
+    "attention_window": "keep each attention to the NxN cells around its peak (odd N; --embedding attention)",
     "visibility": "predict per-landmark visibility, trained on the data's visible flags (synthetic, COFW)",
     "uncertainty": "predict a Laplace scale per coordinate",
     "gate_edges": "gate each receiver's edges by its senders' predicted visibility (needs --visibility)",
@@ -149,7 +150,8 @@ _HELP = {
 }
 _METAVARS = {"data_root": "DIR", "out_dir": "DIR", "resume": "CKPT", "backbone": "NAME", "device": "DEVICE",
              int: "N", float: "X", str: "NAME"}
-_OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "out_dir": str, "resume": str}
+_OPTIONAL_TYPES = {"data_root": str, "scheme": str, "steps_per_epoch": int, "attention_window": int,
+                   "out_dir": str, "resume": str}
 
 
 def _config_choices() -> dict[str, list[str]]:

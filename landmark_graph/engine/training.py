@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import functional as LF
+from .._checks import check_window
 from ..adjacency import build_correlation_adjacency, index_order_adjacency
 from ..heads import EMBEDDINGS, FCHead, HeadOutput, LGRLHead
 from ..losses import RelativeLocationLoss, SoftWingLoss, WingLoss
@@ -97,9 +98,10 @@ class TrainConfig:
     ``optimizer``, ``lr``, ``schedule`` (``"constant"``, ``"step"``: times ``gamma`` every
     ``step_epochs``, ``"cosine"``).
     Occlusion-aware head (``LGRLHead`` options, off by default): ``embedding``
-    (``"map_to_node"`` or ``"attention"``), ``visibility``, ``uncertainty``, ``gate_edges``; their
-    losses, each added to the landmark loss times its weight: ``attention_weight`` (the attention
-    heatmap cross-entropy on the visible landmarks, attention embedding only),
+    (``"map_to_node"`` or ``"attention"``), ``attention_window``, ``visibility``, ``uncertainty``,
+    ``gate_edges``; their losses, each added to the landmark loss times its weight:
+    ``attention_weight`` (the attention heatmap cross-entropy on the visible landmarks, attention
+    embedding only),
     ``visibility_weight`` (BCE of the visibility logits on the data's ``visible`` flags),
     ``uncertainty_weight`` (Laplace NLL; both 10 by default, measured better than 1 on every
     output and needed for consistency training to train: docs/results.md).
@@ -132,6 +134,7 @@ class TrainConfig:
     edge_weights: str = "dynamic"
     head_channels: int = 256
     embedding: str = "map_to_node"
+    attention_window: int | None = None
     visibility: bool = False
     uncertainty: bool = False
     gate_edges: bool = False
@@ -193,6 +196,10 @@ class TrainConfig:
         used = [name for name, on in options.items() if on]
         if used and self.head != "lgrl":
             raise ValueError(f"{', '.join(used)} are options of head='lgrl', got head={self.head!r}")
+        if self.attention_window is not None:
+            if self.embedding != "attention":
+                raise ValueError(f"attention_window needs embedding='attention', got {self.embedding!r}")
+            check_window("attention_window", self.attention_window)
         if self.gate_edges and not self.visibility:
             raise ValueError("gate_edges needs visibility: the gate is the senders' predicted visibility")
         for name in ("attention_weight", "visibility_weight", "uncertainty_weight", "consistency_weight"):
@@ -224,7 +231,7 @@ class TrainConfig:
 # the same values.
 MODEL_KEYS = ("scheme_name", "image_size", "backbone", "backbone_width", "backbone_depth", "head", "k",
               "hidden_features", "num_blocks", "expansion", "edge_weights", "head_channels", "embedding",
-              "visibility", "uncertainty", "gate_edges")
+              "attention_window", "visibility", "uncertainty", "gate_edges")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +419,8 @@ def _lgrl(config: TrainConfig, channels: int, adjacency: Tensor) -> nn.Module:
         adjacency.shape[0], config.k, adjacency=adjacency, in_channels=channels,
         hidden_features=config.hidden_features, num_blocks=config.num_blocks, expansion=config.expansion,
         edge_weights=config.edge_weights, hidden_channels=config.head_channels,
-        embedding=config.embedding, visibility=config.visibility, uncertainty=config.uncertainty,
-        gate_edges=config.gate_edges,
+        embedding=config.embedding, attention_window=config.attention_window, visibility=config.visibility,
+        uncertainty=config.uncertainty, gate_edges=config.gate_edges,
     )
 
 
