@@ -16,7 +16,8 @@ seeds) of NME, FR@0.1 and AUC@0.1 on a clean and an occluded test set:
 - ``occlusion_head`` (issue 15, its own profile ``occlusion``; not in the default set): the
   paper head against the occlusion-aware options of ``LGRLHead`` added one at a time
   (attention embedding with its heatmap loss, + visibility, + gating, + uncertainty), and the
-  paper head and the full head each with occlusion-consistency training. On the heavily
+  paper head and the full head each with occlusion-consistency training (the latter also with a
+  3x3 attention window). ``--variants`` trains and reports a subset. On the heavily
   occluded sweep set (on a real set with visibility flags, COFW: its test set): visible-only NME
   per occluded-share group (0-10, 10-30, 30-60 %) and its rise, all-point NME, visibility
   AUROC, Spearman(scale, error) and the 90 % Laplace interval coverage; paired over seeds.
