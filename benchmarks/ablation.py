@@ -17,7 +17,7 @@ seeds) of NME, FR@0.1 and AUC@0.1 on a clean and an occluded test set:
   paper head against the occlusion-aware options of ``LGRLHead`` added one at a time
   (attention embedding with its heatmap loss, + visibility, + gating, + uncertainty), and the
   paper head and the full head each with occlusion-consistency training (the latter also with a
-  3x3 attention window). ``--variants`` trains and reports a subset. On the heavily
+  3x3 or 5x5 attention window). ``--variants`` trains and reports a subset. On the heavily
   occluded sweep set (on a real set with visibility flags, COFW: its test set): visible-only NME
   per occluded-share group (0-10, 10-30, 30-60 %) and its rise, all-point NME, visibility
   AUROC, Spearman(scale, error) and the 90 % Laplace interval coverage; paired over seeds.
@@ -168,7 +168,8 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
              ("paper head + consistency", "full head + consistency"),
              ("full head, weights 1", "+ uncertainty (full head)"),
              ("full head + consistency", "full head + consistency, visibility 30"),
-             ("full head + consistency", "full head + consistency, window 3")),
+             ("full head + consistency", "full head + consistency, window 3"),
+             ("full head + consistency, window 3", "full head + consistency, window 5")),
         ),
         "k": Study(
             "Neighbours per node k",
@@ -182,7 +183,7 @@ def build_studies(num_points: int, k_values: Sequence[int | str]) -> dict[str, S
 
 # The occlusion-aware options added one at a time, then consistency training for both ends, then
 # the full head with its visibility BCE and Laplace NLL at weight 1 instead of TrainConfig's 10, and the
-# full head + consistency with the visibility BCE at 30 or with a 3x3 attention window.
+# full head + consistency with the visibility BCE at 30 or with a 3x3 or 5x5 attention window.
 _FULL_HEAD = dict(embedding="attention", visibility=True, gate_edges=True, uncertainty=True)
 CONSISTENCY_WEIGHT = 1.0  # per point as strong as the landmark loss
 _WEIGHTS_1 = dict(visibility_weight=1.0, uncertainty_weight=1.0)
@@ -199,8 +200,8 @@ OCCLUSION_HEAD_VARIANTS = (
                consistency_weight=CONSISTENCY_WEIGHT),
     Variant.of("full head + consistency, visibility 30", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
                visibility_weight=30.0),
-    Variant.of("full head + consistency, window 3", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
-               attention_window=3),
+    *(Variant.of(f"full head + consistency, window {w}", **_FULL_HEAD, consistency_weight=CONSISTENCY_WEIGHT,
+                 attention_window=w) for w in (3, 5)),
 )
 STUDIES = ("head_loss", "relative", "edge_weights", "k", "occlusion_head")
 

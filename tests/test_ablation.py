@@ -223,6 +223,7 @@ def test_occlusion_head_study_adds_one_option_at_a_time(ablation):
     assert overrides[8] == {**overrides[7], "consistency_weight": ablation.CONSISTENCY_WEIGHT}
     assert overrides[9] == {**overrides[6], "visibility_weight": 30.0}
     assert overrides[10] == {**overrides[6], "attention_window": 3}
+    assert overrides[11] == {**overrides[6], "attention_window": 5}
     names = {v.name for v in study.variants}
     assert all(ref in names and cand in names for ref, cand in study.pairs)
     args = ablation.build_parser().parse_args(["--study", "occlusion_head"])
@@ -234,7 +235,7 @@ def _check_occlusion_head(results, seeds, occlusion_set):
     section = results["occlusion_head"]
     assert section["set"] == occlusion_set
     by_name = {v["name"]: v for v in section["variants"]}
-    assert len(by_name) == 11 and all(v["seeds"] == seeds for v in by_name.values())
+    assert len(by_name) == 12 and all(v["seeds"] == seeds for v in by_name.values())
     for name, v in by_name.items():
         m = v["metrics"]
         for key in ("clean_nme", "all_nme", "visible 0%-10%"):
@@ -249,7 +250,8 @@ def _check_occlusion_head(results, seeds, occlusion_set):
         ("paper head + consistency", "full head + consistency"),
         ("full head, weights 1", "+ uncertainty (full head)"),
         ("full head + consistency", "full head + consistency, visibility 30"),
-        ("full head + consistency", "full head + consistency, window 3")}
+        ("full head + consistency", "full head + consistency, window 3"),
+        ("full head + consistency, window 3", "full head + consistency, window 5")}
     for p in section["pairs"]:
         assert p["seeds"] == seeds and p["clean_nme"]["n"] == len(seeds)
 
