@@ -604,7 +604,7 @@ def test_gradcheck_head_float64(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["attention-all", "map_to_node-all"])
+@pytest.mark.parametrize("name", ["attention-all", "attention-windowed", "map_to_node-all"])
 def test_autocast_on_cpu_is_close_to_float32(name, dtype):
     torch.manual_seed(0)
     head = perturbed(small_head(**{**OPTIONS[name], "hidden_features": 16}), torch.randn(4, 5, 4, 4)).eval()
