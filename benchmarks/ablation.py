@@ -799,16 +799,16 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     skip = QUICK_SKIP if args.quick else set()
     studies = {name: s for name, s in studies.items() if name in args.studies}
     names = {v.name for s in studies.values() for v in s.variants}
-    if set(args.variants or ()) - names:
-        raise SystemExit(f"--variants: no variant {sorted(set(args.variants) - names)} in "
-                         f"{args.studies}; they have {sorted(names)}")
+    unknown = set(args.variants or ()) - names
+    if unknown:
+        raise SystemExit(f"--variants: no variant {sorted(unknown)} in {args.studies}; "
+                         f"they have {sorted(names)}")
 
     def thinned(study: Study) -> Study:
         """``study`` without the variants ``--quick`` skips or ``--variants`` leaves out, and their pairs."""
         kept = tuple(v for v in study.variants if not skip & set(v.overrides)
                      and (not args.variants or v.name in args.variants))
-        names = {v.name for v in kept}
-        pairs = tuple(p for p in study.pairs if set(p) <= names)
+        pairs = tuple(p for p in study.pairs if set(p) <= {v.name for v in kept})
         return dataclasses.replace(study, variants=kept, pairs=pairs)
 
     studies = {name: thinned(s) for name, s in studies.items()}

@@ -178,8 +178,13 @@ def check_adjacency(adjacency: object, name: str = "adjacency") -> Tensor:
     return mask | torch.eye(mask.shape[0], dtype=torch.bool)
 
 
-def check_window(name: str, value: object) -> None:
-    """Raise unless ``value`` is an odd positive int, the side of an attention window."""
+def check_window(name: str, value: object, embedding: str = "attention") -> None:
+    """Raise unless ``value`` is ``None``, or an odd positive int (the side of an attention
+    window) with ``embedding="attention"``."""
+    if value is None:
+        return
+    if embedding != "attention":
+        raise ValueError(f"{name} needs embedding='attention', got embedding={embedding!r}")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ValueError(f"{name} must be None or an odd positive int (the side of the square of "
                          f"cells kept around the attention's peak), got {value!r}")

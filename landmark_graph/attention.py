@@ -131,8 +131,7 @@ class AttentionToNode(nn.Module):
         _positive_int("hidden_channels", hidden_channels)
         if in_channels is not None:
             _positive_int("in_channels", in_channels)
-        if window is not None:
-            check_window("window", window)
+        check_window("window", window)
         self.num_landmarks = num_landmarks
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels

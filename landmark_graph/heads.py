@@ -192,10 +192,7 @@ class LGRLHead(nn.Module):
             raise ValueError(f"num_blocks must be an int >= 0, got {num_blocks!r}")
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
-        if attention_window is not None:
-            if embedding != "attention":
-                raise ValueError(f"attention_window needs embedding='attention', got embedding={embedding!r}")
-            check_window("attention_window", attention_window)
+        check_window("attention_window", attention_window, embedding)
         flags = {"visibility": visibility, "uncertainty": uncertainty, "gate_edges": gate_edges}
         for name, flag in flags.items():
             if not isinstance(flag, bool):

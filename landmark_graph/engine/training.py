@@ -196,10 +196,7 @@ class TrainConfig:
         used = [name for name, on in options.items() if on]
         if used and self.head != "lgrl":
             raise ValueError(f"{', '.join(used)} are options of head='lgrl', got head={self.head!r}")
-        if self.attention_window is not None:
-            if self.embedding != "attention":
-                raise ValueError(f"attention_window needs embedding='attention', got {self.embedding!r}")
-            check_window("attention_window", self.attention_window)
+        check_window("attention_window", self.attention_window, self.embedding)
         if self.gate_edges and not self.visibility:
             raise ValueError("gate_edges needs visibility: the gate is the senders' predicted visibility")
         for name in ("attention_weight", "visibility_weight", "uncertainty_weight", "consistency_weight"):
